@@ -1,0 +1,148 @@
+"""What a step-count variant is, and where its weights come from.
+
+A variant carries its step count, prediction type and scheduler settings together, so no caller can run a
+checkpoint with the wrong scheduler. A model is a base (text encoders, VAE, base UNet) plus variants; the
+published SDXL-Lightning sets and what `distill export` writes are described the same way (a manifest).
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from diffusers import EulerDiscreteScheduler
+
+from .errors import InvalidModel
+
+MANIFEST_NAME = "studio_manifest.json"
+MANIFEST_FORMAT = "lightning-studio/1"
+PREDICTION_TYPES = ("epsilon", "sample")
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+LIGHTNING_REPO = "ByteDance/SDXL-Lightning"
+VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
+TAESD_XL = "madebyollin/taesdxl"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One step count of a model.
+
+    weights: None (the base UNet as it is), or a reference to a full UNet (`unet_file` in `repo`, or a local
+    diffusers `unet_dir`) or a LoRA (`lora_file` in `repo` or a local path) applied to the base UNet.
+    """
+
+    steps: int
+    prediction_type: str = "epsilon"
+    repo: str | None = None
+    unet_file: str | None = None
+    unet_dir: str | None = None
+    lora_file: str | None = None
+    source_stage: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InvalidModel(f"variant steps must be a positive integer, got {self.steps!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise InvalidModel(f"variant {self.steps}-step: prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if sum(x is not None for x in (self.unet_file, self.unet_dir, self.lora_file)) > 1:
+            raise InvalidModel(f"variant {self.steps}-step names more than one of unet_file, unet_dir, lora_file")
+
+    @property
+    def is_lora(self) -> bool:
+        return self.lora_file is not None
+
+    @property
+    def adapter_name(self) -> str:
+        return f"lightning_{self.steps}step"
+
+    def scheduler(self, base_config) -> EulerDiscreteScheduler:
+        """The model-card recipe: Euler from the base config, trailing spacing, this variant's prediction type."""
+        return EulerDiscreteScheduler.from_config(base_config, timestep_spacing="trailing", prediction_type=self.prediction_type)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A base model plus its variants. `base` is "tiny", "random-sdxl", a hub id or a local diffusers folder."""
+
+    name: str
+    base: str
+    variants: tuple[Variant, ...]
+    root: str | None = None  # folder that relative variant paths are resolved against
+    base_kwargs: dict = field(default_factory=dict)
+
+    def variant(self, steps: int) -> Variant:
+        for v in self.variants:
+            if v.steps == steps:
+                return v
+        raise KeyError(steps)
+
+    def restricted_to(self, steps: tuple[int, ...] | None) -> "ModelSpec":
+        if not steps:
+            return self
+        offered = {v.steps for v in self.variants}
+        missing = sorted(set(steps) - offered)
+        if missing:
+            raise InvalidModel(f"model {self.name!r} offers {sorted(offered)} steps, not {missing}")
+        return ModelSpec(self.name, self.base, tuple(v for v in self.variants if v.steps in steps), self.root, self.base_kwargs)
+
+
+def lightning_unets(base: str = SDXL_BASE) -> ModelSpec:
+    """ByteDance's full UNets: 1-step is x0 ("sample") prediction, 2/4/8-step are epsilon."""
+    variants = [Variant(1, "sample", LIGHTNING_REPO, unet_file="sdxl_lightning_1step_unet_x0.safetensors")]
+    variants += [Variant(n, "epsilon", LIGHTNING_REPO, unet_file=f"sdxl_lightning_{n}step_unet.safetensors") for n in (2, 4, 8)]
+    return ModelSpec("lightning", base, tuple(variants))
+
+
+def lightning_loras(base: str = SDXL_BASE) -> ModelSpec:
+    """ByteDance's rank-64 LoRAs (2/4/8 steps; there is no 1-step LoRA), on any SDXL base."""
+    variants = tuple(Variant(n, "epsilon", LIGHTNING_REPO, lora_file=f"sdxl_lightning_{n}step_lora.safetensors") for n in (2, 4, 8))
+    return ModelSpec("lightning-lora", base, variants)
+
+
+def builtin(name: str, steps=(1, 2, 4, 8)) -> ModelSpec:
+    """Models built in code share one UNet across step counts; the 1-step variant uses x0 prediction, as Lightning's."""
+    return ModelSpec(name, name, tuple(Variant(n, "sample" if n == 1 else "epsilon") for n in steps))
+
+
+def write_manifest(folder: Path, base: str, variants: list[Variant], **extra) -> Path:
+    """Write the manifest that `pipelines` reads from a local model folder (what `distill export` produces)."""
+    entries = [{k: v for k, v in asdict(variant).items() if v is not None} for variant in variants]
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps({"format": MANIFEST_FORMAT, "base_model": base, "variants": entries, **extra}, indent=2))
+    return path
+
+
+def read_manifest(folder: Path) -> ModelSpec:
+    """A local folder's manifest -> ModelSpec; variant paths are relative to the folder."""
+    folder = Path(folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    if data.get("format") != MANIFEST_FORMAT:
+        raise InvalidModel(f"{folder / MANIFEST_NAME}: format {data.get('format')!r} is not {MANIFEST_FORMAT!r}")
+    known = set(Variant.__dataclass_fields__)
+    variants = []
+    for entry in data["variants"]:
+        unknown = set(entry) - known
+        if unknown:
+            raise InvalidModel(f"{folder / MANIFEST_NAME}: unknown variant keys {sorted(unknown)}")
+        variants.append(Variant(**entry))
+    return ModelSpec(folder.name, data["base_model"], tuple(variants), root=str(folder))
+
+
+def resolve(model: str, base: str | None = None) -> ModelSpec:
+    """--model value -> ModelSpec: tiny | random-sdxl | lightning | lightning-lora | a local folder."""
+    if model in ("tiny", "random-sdxl"):
+        return builtin(model)
+    if model == "lightning":
+        return lightning_unets(base or SDXL_BASE)
+    if model == "lightning-lora":
+        return lightning_loras(base or SDXL_BASE)
+    folder = Path(model)
+    if (folder / MANIFEST_NAME).is_file():
+        return read_manifest(folder)
+    if (folder / "model_index.json").is_file():
+        # A plain diffusers SDXL folder: treat its UNet as a 4-step epsilon model unless told otherwise.
+        return ModelSpec(folder.name, str(folder), (Variant(4),))
+    if folder.exists():
+        raise InvalidModel(f"{folder} holds neither {MANIFEST_NAME} nor a diffusers model_index.json")
+    raise InvalidModel(
+        f"unknown model {model!r}: use tiny, random-sdxl, lightning, lightning-lora, or a local folder path")
