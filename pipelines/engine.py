@@ -1,0 +1,249 @@
+"""The hot path: a model loaded once, serving many generation requests.
+
+Per request the engine does only what must repeat: prompt embeddings come from a bounded LRU cache, initial noise
+from a per-(seed, size) cache, and the denoising loop is a handful of UNet calls on static shapes. The math is
+diffusers' EulerDiscreteScheduler with trailing spacing (pipelines.sampling); a parity test pins the output to
+the stock StableDiffusionXLPipeline.
+"""
+
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from . import backends, sampling
+from .errors import InvalidRequest, NonFiniteOutput
+from .loading import LoadedModel
+from .requests import MAX_SEED, GenerationRequest, GenerationResult
+
+TOKEN_WINDOW = 77
+
+
+class LRUCache:
+    """A bounded mapping that forgets the least recently used entry; counts hits and misses."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.hits, self.misses = capacity, 0, 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        return None
+
+    def put(self, key, value) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Timer:
+    """Wall-clock milliseconds per stage; synchronises CUDA so a stage's kernels are counted in that stage."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.ms = device, {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, backend: str = "eager", size_limits=(64, 2048), default_size: int = 1024,
+                 notice: str | None = None, check_finite: bool = True, prompt_cache_size: int = 512, noise_cache_size: int = 64):
+        self.model, self.backend, self.notice = model, backend, notice
+        self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
+        self.size_limits, self.default_size, self.check_finite = size_limits, default_size, check_finite
+        self.steps = tuple(sorted(model.unets))
+        self.model_name = model.spec.name
+        self.prompt_cache, self.noise_cache = LRUCache(prompt_cache_size), LRUCache(noise_cache_size)
+        self.warmup_seconds: float | None = None
+        alphas_bar = sampling.alphas_cumprod(**{k: self.pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "num_train_timesteps")})
+        self.schedules = {}
+        for steps in self.steps:
+            variant = model.spec.variant(steps)
+            timesteps = sampling.trailing_timesteps(steps, self.pipe.scheduler.config.num_train_timesteps)
+            self.schedules[steps] = (variant.prediction_type, torch.from_numpy(timesteps).to(self.device),
+                                     sampling.sigmas_for(timesteps, alphas_bar).tolist())
+        compiled = {}  # LoRA variants share one UNet: compile each distinct module once
+        self.run_unet = {s: compiled.setdefault(id(u), backends.prepare(u, backend, self.device)) for s, u in model.unets.items()}
+        self.run_decode = {"full": backends.prepare(_Decoder(self.pipe.vae), backend, self.device)}
+        if model.vae_tiny is not None:
+            self.run_decode["tiny"] = backends.prepare(_Decoder(model.vae_tiny), backend, self.device)
+        self.default_vae = "full"
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise InvalidRequest with a message a user can act on; does no model work."""
+        if not isinstance(request, GenerationRequest):
+            raise InvalidRequest(f"expected a GenerationRequest, got {type(request).__name__}")
+        if not isinstance(request.prompt, str):
+            raise InvalidRequest(f"prompt must be a string, got {type(request.prompt).__name__}")
+        if not _is_int(request.steps) or request.steps not in self.steps:
+            raise InvalidRequest(f"steps={request.steps!r} is not loaded; this model offers {', '.join(map(str, self.steps))} steps")
+        if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
+            raise InvalidRequest(f"seed must be an integer in [0, {MAX_SEED}], got {request.seed!r}")
+        low, high = self.size_limits
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if not _is_int(value) or value % 8 or not low <= value <= high:
+                raise InvalidRequest(f"{name} must be a multiple of 8 between {low} and {high}, got {value!r}")
+
+    def count_tokens(self, prompt: str) -> tuple[int, int]:
+        """(tokens kept, tokens dropped) against the 77-token window, start and end tokens included."""
+        count = len(self.pipe.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+        return min(count, TOKEN_WINDOW), max(0, count - TOKEN_WINDOW)
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    def generate(self, requests: list[GenerationRequest], vae: str | None = None, output_type: str = "uint8") -> list[GenerationResult]:
+        """Render every request; compatible ones (same steps and size) run as one batch. Results keep input order."""
+        vae = vae or self.default_vae
+        if vae not in self.run_decode:
+            raise InvalidRequest(f"vae={vae!r} is not loaded; available: {', '.join(self.run_decode)}")
+        for request in requests:
+            self.validate(request)
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.batch_key, []).append(index)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for indices in groups.values():
+            batch = [requests[i] for i in indices]
+            for i, result in zip(indices, self._generate_batch(batch, vae, output_type)):
+                results[i] = result
+        return results
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[GenerationRequest], vae: str, output_type: str) -> list[GenerationResult]:
+        steps, width, height = batch[0].batch_key
+        timer = Timer(self.device)
+        start = time.perf_counter()
+        with timer.stage("text"):
+            embeds, pooled = self._prompt_embeddings([r.prompt for r in batch])
+        with timer.stage("denoise"):
+            latents = self.denoise(steps, self._initial_noise(batch), embeds, pooled, height, width)
+        self._raise_if_nonfinite(latents, batch, "latents")
+        with timer.stage("decode"):
+            images = self.run_decode[vae](latents).float()
+            self._raise_if_nonfinite(images, batch, "image")
+            images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+            images = (images * 255).round().to(torch.uint8) if output_type == "uint8" else images
+            images = images.cpu().numpy()
+        timer.ms["total"] = (time.perf_counter() - start) * 1000
+        return [GenerationResult(r, image, dict(timer.ms), self.count_tokens(r.prompt)[1], len(batch)) for r, image in zip(batch, images)]
+
+    def denoise(self, steps: int, noise: torch.Tensor, embeds, pooled, height: int, width: int) -> torch.Tensor:
+        """Trailing Euler from pure noise to x0 with the variant's UNet; latents stay fp32 between steps as in diffusers."""
+        prediction_type, timesteps, sigmas = self.schedules[steps]
+        adapter = self.model.adapters[steps]
+        if adapter is not None:
+            self.pipe.set_adapters([adapter])
+        unet = self.run_unet[steps]
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype).repeat(len(noise), 1)
+        conditioning = {"text_embeds": pooled, "time_ids": time_ids}
+        x = noise * sampling.initial_noise_scale(torch.tensor(sigmas))
+        for i, t in enumerate(timesteps):
+            backends.step_begin(self.backend, self.device)
+            model_input = (x * sampling.model_input_scale(sigmas[i])).to(self.dtype)
+            output = unet(model_input, t, encoder_hidden_states=embeds, added_cond_kwargs=conditioning, return_dict=False)[0]
+            x0 = sampling.predicted_x0(output.float(), x, sigmas[i], prediction_type)
+            x = sampling.euler_step(x, x0, sigmas[i], sigmas[i + 1])
+        return x
+
+    def _prompt_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both encoders' penultimate states (concatenated) and the pooled projection, one encoder pass per new prompt."""
+        new = list(dict.fromkeys(p for p in prompts if p not in self.prompt_cache))
+        if new:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(new, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+            for prompt, e, p in zip(new, embeds, pooled):
+                self.prompt_cache.put(prompt, (e, p))
+        cached = [self.prompt_cache.get(p) for p in prompts]
+        return torch.stack([e for e, _ in cached]), torch.stack([p for _, p in cached])
+
+    def _initial_noise(self, batch: list[GenerationRequest]) -> torch.Tensor:
+        """Unit Gaussian noise from the seed alone (CPU generator), identical across variants, devices and batch mates."""
+        noise = []
+        for r in batch:
+            key = (r.seed, r.height, r.width)
+            sample = self.noise_cache.get(key)
+            if sample is None:
+                generator = torch.Generator("cpu").manual_seed(r.seed)
+                shape = (1, self.pipe.unet.config.in_channels, r.height // self.pipe.vae_scale_factor, r.width // self.pipe.vae_scale_factor)
+                sample = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+                self.noise_cache.put(key, sample)
+            noise.append(sample)
+        return torch.cat(noise)
+
+    def _raise_if_nonfinite(self, tensor: torch.Tensor, batch, what: str) -> None:
+        if self.check_finite and not torch.isfinite(tensor).all():
+            bad = [i for i in range(len(tensor)) if not torch.isfinite(tensor[i]).all()]
+            prompts = ", ".join(repr(batch[i].prompt[:40]) for i in bad)
+            raise NonFiniteOutput(f"the model produced NaN/Inf {what} for {len(bad)} of {len(batch)} request(s) ({prompts}); "
+                                  f"with fp16 try --dtype bfloat16, or check the weights")
+
+    # ---- start-up ---------------------------------------------------------------------------------------------
+    def warmup(self, sizes=None, batch_sizes=(1,), vaes=None) -> float:
+        """Run every (variant, batch size, size, decoder) once so the first real request meets warm, compiled code."""
+        start = time.perf_counter()
+        sizes = sizes or [(self.default_size, self.default_size)]
+        for steps in self.steps:
+            for width, height in sizes:
+                for batch_size in batch_sizes:
+                    for vae in vaes or [self.default_vae]:
+                        requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
+                        self.generate(requests, vae=vae)
+        self.warmup_seconds = time.perf_counter() - start
+        return self.warmup_seconds
+
+    def memory(self) -> dict:
+        """Parameter bytes per resident module and, on CUDA, the allocator's view."""
+        modules = {"text_encoder": self.pipe.text_encoder, "text_encoder_2": self.pipe.text_encoder_2, "vae": self.pipe.vae}
+        if self.model.vae_tiny is not None:
+            modules["vae_tiny"] = self.model.vae_tiny
+        shared: dict[int, list[int]] = {}  # one entry per resident UNet, named by the step counts it serves
+        for steps, unet in sorted(self.model.unets.items()):
+            shared.setdefault(id(unet), []).append(steps)
+        for steps_served in shared.values():
+            modules["unet_" + "+".join(map(str, steps_served)) + "step"] = self.model.unets[steps_served[0]]
+        report = {name: _param_bytes(m) for name, m in modules.items()}
+        report["parameters_total"] = sum(report.values())
+        if self.device.type == "cuda":
+            report["cuda_allocated"] = torch.cuda.memory_allocated(self.device)
+            report["cuda_reserved"] = torch.cuda.memory_reserved(self.device)
+            report["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
+        return report
+
+
+class _Decoder(torch.nn.Module):
+    """latents (in the UNet's scaled space) -> images in [-1, 1]; a module so backends can compile it whole."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())

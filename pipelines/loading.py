@@ -1,0 +1,137 @@
+"""Turn a ModelSpec into resident modules: one StableDiffusionXLPipeline holding the shared components, plus a
+UNet (or a LoRA adapter on the base UNet) per step variant. Safetensors only; never pickle.
+
+Weights come from the hub through huggingface_hub (which honours HF_HUB_OFFLINE and its cache), from a local
+folder, or are built in code (tiny, random-sdxl). Missing weights raise WeightsUnavailable naming the repo, the
+file and how to get them, instead of a stack trace or a hang.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from safetensors.torch import load_file
+
+from . import architectures
+from .errors import InvalidModel, WeightsUnavailable
+from .variants import TAESD_XL, VAE_FP16_FIX, ModelSpec, Variant
+
+BUILTIN_BASES = {"tiny": architectures.tiny_components, "random-sdxl": architectures.random_sdxl_components}
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    pipe: StableDiffusionXLPipeline
+    unets: dict[int, UNet2DConditionModel]  # per step count; LoRA variants share the base UNet
+    adapters: dict[int, str | None]  # LoRA adapter to activate per step count (None: adapters off)
+    vae_tiny: AutoencoderTiny | None
+    device: torch.device
+    dtype: torch.dtype
+
+
+def fetch(repo: str, filename: str) -> str:
+    """Path of `filename` from hub repo `repo` (cache first). Raises WeightsUnavailable with instructions."""
+    try:
+        return hf_hub_download(repo, filename)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise WeightsUnavailable(_how_to_get(repo, filename, error)) from None
+
+
+def _how_to_get(repo: str, filename: str | None, error: Exception) -> str:
+    what = f"{filename} from {repo}" if filename else f"the model {repo}"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    target = f"{repo} {filename}" if filename else repo
+    return (f"cannot load {what}: {reason}. Get it on a machine with internet access with "
+            f"`huggingface-cli download {target}` (and copy the Hugging Face cache here), unset HF_HUB_OFFLINE if "
+            f"this machine is online, or run offline with --model tiny (the embedded model).")
+
+
+def _from_hub_or_folder(loader, source: str, **kwargs):
+    """Call a diffusers from_pretrained, turning 'not found / offline' into WeightsUnavailable."""
+    try:
+        return loader(source, use_safetensors=True, **kwargs)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, EnvironmentError) as error:
+        raise WeightsUnavailable(_how_to_get(source, None, error)) from None
+
+
+def _local_path(spec: ModelSpec, relative: str) -> Path:
+    path = Path(spec.root or ".") / relative
+    if not path.exists():
+        raise WeightsUnavailable(f"{spec.name}: variant weights {path} do not exist (the manifest names them)")
+    return path
+
+
+def _builtin_pipeline(base: str) -> tuple[StableDiffusionXLPipeline, AutoencoderTiny]:
+    parts = BUILTIN_BASES[base]()
+    vae_tiny = parts.pop("vae_tiny")
+    return StableDiffusionXLPipeline(**parts), vae_tiny
+
+
+def _hub_pipeline(spec: ModelSpec, dtype: torch.dtype, device: torch.device, unet) -> StableDiffusionXLPipeline:
+    """A hub id or a local diffusers folder. On CUDA in fp16 it gets the fp16-safe VAE, so decoding never needs
+    diffusers' slow fp32 upcast of the stock SDXL VAE."""
+    kwargs = {"torch_dtype": dtype}
+    if unet is not None:
+        kwargs["unet"] = unet
+    if device.type == "cuda" and dtype == torch.float16:
+        kwargs["vae"] = _from_hub_or_folder(AutoencoderKL.from_pretrained, VAE_FP16_FIX, torch_dtype=dtype)
+    if dtype == torch.float16 and not Path(spec.base).exists():
+        kwargs["variant"] = "fp16"
+    return _from_hub_or_folder(StableDiffusionXLPipeline.from_pretrained, spec.base, **kwargs)
+
+
+def _variant_unet(spec: ModelSpec, variant: Variant, base_config_source, dtype) -> UNet2DConditionModel:
+    """A variant's full UNet: a diffusers folder, or a bare state-dict file on the base UNet's config."""
+    if variant.unet_dir is not None:
+        return UNet2DConditionModel.from_pretrained(_local_path(spec, variant.unet_dir), use_safetensors=True, torch_dtype=dtype)
+    # Fetch the weights before the base config: the variant file is what an offline user is most likely to lack.
+    path = fetch(variant.repo, variant.unet_file) if variant.repo else _local_path(spec, variant.unet_file)
+    unet = UNet2DConditionModel.from_config(base_config_source())
+    missing, unexpected = unet.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise InvalidModel(f"{path}: not a UNet for this base ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    return unet.to(dtype)
+
+
+def _hub_unet_config(base: str):
+    try:
+        return UNet2DConditionModel.load_config(base, subfolder="unet")
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise WeightsUnavailable(_how_to_get(base, "unet/config.json", error)) from None
+
+
+def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, preview_vae: bool) -> LoadedModel:
+    with_unet = [v for v in spec.variants if v.unet_file or v.unet_dir]
+    if spec.base in BUILTIN_BASES:
+        pipe, vae_tiny = _builtin_pipeline(spec.base)
+        unets = {v.steps: _variant_unet(spec, v, lambda: pipe.unet.config, dtype) for v in with_unet}
+    else:
+        unets = {v.steps: _variant_unet(spec, v, lambda: _hub_unet_config(spec.base), dtype) for v in with_unet}
+        # When every variant brings its own UNet the base UNet would be 5 GB of dead weight: reuse one instead.
+        shared = next(iter(unets.values())) if len(with_unet) == len(spec.variants) else None
+        pipe = _hub_pipeline(spec, dtype, device, unet=shared)
+        vae_tiny = _from_hub_or_folder(AutoencoderTiny.from_pretrained, TAESD_XL, torch_dtype=dtype) if preview_vae else None
+
+    adapters: dict[int, str | None] = {}
+    for v in spec.variants:
+        adapters[v.steps] = v.adapter_name if v.is_lora else None
+        if v.is_lora:
+            path = fetch(v.repo, v.lora_file) if v.repo else _local_path(spec, v.lora_file)
+            pipe.load_lora_weights(str(path), adapter_name=v.adapter_name)
+        unets.setdefault(v.steps, pipe.unet)
+
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + list(unets.values())
+    for module in {id(m): m for m in modules + [vae_tiny] if m is not None}.values():
+        _place(module, device, dtype)
+    return LoadedModel(spec, pipe, unets, adapters, vae_tiny, device, dtype)
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move to the device, casting only when needed (diffusers warns about every cast, even a no-op one)."""
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+    module.to(device=device).eval()

@@ -1,0 +1,58 @@
+"""load_engine: pick device, precision and model, load, compile, and say plainly what runs and why."""
+
+import torch
+
+from . import backends, variants
+from .engine import Engine
+from .errors import InvalidModel
+from .loading import BUILTIN_BASES, load_model
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+EMBEDDED_DEFAULT = "tiny"
+# SDXL was trained from 512 to 2048 px; the tiny model is only useful small, and cheap enough on a CPU.
+SIZE_LIMITS = {"tiny": (64, 1024)}
+DEFAULT_SIZE = {"tiny": 256}
+
+
+def default_model(device: torch.device) -> tuple[str, str | None]:
+    """Lightning on CUDA; otherwise the embedded default, with the reason, so the UI can say which model runs."""
+    if device.type == "cuda":
+        return "lightning", None
+    return EMBEDDED_DEFAULT, ("No CUDA GPU found, so the embedded tiny model runs on the CPU. It is untrained: "
+                              "its pictures are noise. Start with --model lightning on a CUDA machine for real images.")
+
+
+def load_engine(model: str | None = None, device: str | None = None, steps=None, backend: str = "eager",
+                preview_vae: str | None = None, dtype: str | None = None, base: str | None = None,
+                compile_cache: bool = True, check_finite: bool = True) -> Engine:
+    """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup())."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    notice = None
+    if model is None:
+        model, notice = default_model(device)
+    if preview_vae not in (None, "full", "tiny"):
+        raise InvalidModel(f"preview_vae must be 'full' or 'tiny', got {preview_vae!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise InvalidModel(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype] if dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    spec = variants.resolve(model, base).restricted_to(tuple(steps) if steps else None)
+
+    cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and compile_cache else None
+    cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)
+    loaded = load_model(spec, device, torch_dtype, preview_vae == "tiny")
+    key = spec.base if spec.base in BUILTIN_BASES else None
+    engine = Engine(loaded, backend, size_limits=SIZE_LIMITS.get(key, (256, 2048)), default_size=DEFAULT_SIZE.get(key, 1024),
+                    notice=notice, check_finite=check_finite)
+    if preview_vae == "tiny":
+        engine.default_vae = "tiny"
+    engine.compile_cache = cache
+    engine.compile_cache_loaded = cache_loaded
+    return engine
+
+
+def save_compile_cache(engine: Engine) -> bool:
+    """After warm-up, keep what torch.compile built so the next start skips it."""
+    return engine.compile_cache is not None and backends.save_compiled_artifacts(engine.compile_cache)
+
