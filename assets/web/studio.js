@@ -1,0 +1,157 @@
+// Lightning studio browser client: one WebSocket to /ws, one generate message per change, draw the newest frame.
+// Protocol: docs/protocol.md. Plain script, no build step; exposes window.studio for Gradio's js-only events.
+(() => {
+  "use strict";
+  const state = { prompt: "", seed: 0, steps: 1, width: 256, height: 256 };
+  const sent = new Map(); // seq -> {at, prompt, seed, steps}: round-trip times and Snapshot metadata
+  let root, canvas, hud, messageBox, config, ws;
+  let seq = 0, lastDrawn = -1, drawnMeta = null, retryTimer = null, reconnectDelay = 500;
+  const drawTimes = [];
+
+  function init() {
+    root = document.getElementById("studio-root");
+    if (!root) { setTimeout(init, 50); return; } // Gradio renders components after this script runs
+    canvas = document.getElementById("live-canvas");
+    hud = document.getElementById("studio-hud");
+    messageBox = document.getElementById("studio-message");
+    config = JSON.parse(root.dataset.config);
+    state.steps = config.variants[0];
+    state.width = state.height = config.size;
+    const box = document.querySelector("#prompt textarea");
+    if (box && box.value) state.prompt = box.value;
+    // Delegated, so it survives Gradio re-rendering the textbox; one event per keystroke.
+    document.addEventListener("input", (e) => {
+      if (e.target && e.target.closest && e.target.closest("#prompt")) { state.prompt = e.target.value; send(); }
+    }, true);
+    connect();
+  }
+
+  function connect() {
+    const url = new URL(config.ws_path, location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    setState("connecting");
+    ws.onopen = () => {
+      reconnectDelay = 500;
+      ws.send(JSON.stringify({ type: "hello", version: 1 }));
+      if (state.prompt) send(); // after a reconnect, show what the box holds now
+    };
+    ws.onmessage = (ev) => (typeof ev.data === "string" ? onText(ev.data) : onFrame(ev.data));
+    ws.onclose = (ev) => {
+      setState("disconnected");
+      if (ev.code === 1013 || ev.code === 1008) return; // server full / refused: retrying would not help
+      setTimeout(connect, reconnectDelay);
+      reconnectDelay = Math.min(reconnectDelay * 2, 8000);
+    };
+  }
+
+  function send() {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    seq += 1;
+    sent.set(seq, { at: performance.now(), prompt: state.prompt, seed: state.seed, steps: state.steps });
+    if (sent.size > 256) sent.delete(sent.keys().next().value);
+    ws.send(JSON.stringify({ type: "generate", seq, prompt: state.prompt, seed: state.seed, steps: state.steps,
+                             width: state.width, height: state.height }));
+    root.dataset.sentSeq = String(seq);
+  }
+
+  function onText(text) {
+    const msg = JSON.parse(text);
+    if (msg.type === "status") {
+      setState(msg.state);
+      showMessage(msg.state === "server_full" || msg.state === "busy" ? msg.message : "");
+    } else if (msg.type === "error") {
+      showMessage(`${msg.code}: ${msg.message}`);
+      if (msg.code === "rate_limited") { // the refused request is not queued: resend the latest once allowed
+        clearTimeout(retryTimer);
+        retryTimer = setTimeout(send, msg.retry_ms || 100);
+      }
+    }
+  }
+
+  async function onFrame(buffer) {
+    const view = new DataView(buffer);
+    const length = view.getUint32(0, false);
+    const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
+    if (header.seq <= lastDrawn) return; // older than what is on screen
+    const bitmap = await createImageBitmap(new Blob([new Uint8Array(buffer, 4 + length)], { type: "image/jpeg" }));
+    if (header.seq <= lastDrawn) return; // a newer frame was decoded meanwhile
+    if (canvas.width !== header.width || canvas.height !== header.height) {
+      canvas.width = header.width; canvas.height = header.height;
+    }
+    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+    lastDrawn = header.seq;
+    drawnMeta = Object.assign({ width: header.width, height: header.height }, sent.get(header.seq) || {});
+    canvas.dataset.seq = root.dataset.seq = String(header.seq);
+    const now = performance.now();
+    drawTimes.push(now);
+    while (drawTimes.length && now - drawTimes[0] > 2000) drawTimes.shift();
+    showHud(header, drawnMeta.at ? now - drawnMeta.at : null);
+    if (!header.dropped_tokens) showMessage("");
+    else showMessage(`the prompt is longer than the text encoder's 77-token window: the last ${header.dropped_tokens} token(s) were ignored`);
+  }
+
+  function showHud(h, rtt) {
+    const t = h.timings_ms || {};
+    const stages = ["text", "denoise", "decode", "encode"].filter((k) => k in t).map((k) => `${k} ${t[k].toFixed(0)}`).join(" · ");
+    const fps = drawTimes.length > 1 ? ((drawTimes.length - 1) * 1000) / (drawTimes[drawTimes.length - 1] - drawTimes[0]) : 0;
+    hud.textContent = `#${h.seq} · ${h.steps} step${h.steps === 1 ? "" : "s"} · ${h.width}×${h.height} · ${stages} · ` +
+      `queue ${h.queue_ms.toFixed(0)} ms · ${rtt === null ? "" : `key→frame ${rtt.toFixed(0)} ms · `}${fps.toFixed(1)} fps`;
+  }
+
+  function setState(s) { if (root) root.dataset.state = s; }
+  function showMessage(text) { if (messageBox) messageBox.textContent = text || ""; }
+
+  function update(changes) {
+    if ("seed" in changes) state.seed = Math.max(0, Math.floor(Number(changes.seed) || 0));
+    if ("steps" in changes) state.steps = Number(changes.steps);
+    if ("size" in changes) state.width = state.height = Number(changes.size);
+    send();
+  }
+
+  // ---- Snapshot: the frame on screen as a PNG with prompt, seed, steps and model in iTXt chunks ----------------
+  const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  function crc32(bytes) {
+    let c = 0xffffffff;
+    for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  }
+  function itxtChunk(key, value) { // keyword \0 flag=0 method=0 lang \0 translated \0 UTF-8 text
+    const enc = new TextEncoder();
+    const data = new Uint8Array([...enc.encode(key), 0, 0, 0, 0, 0, ...enc.encode(String(value))]);
+    const chunk = new Uint8Array(12 + data.length);
+    const view = new DataView(chunk.buffer);
+    view.setUint32(0, data.length);
+    chunk.set(enc.encode("iTXt"), 4);
+    chunk.set(data, 8);
+    view.setUint32(8 + data.length, crc32(chunk.subarray(4, 8 + data.length)));
+    return chunk;
+  }
+  async function snapshot() {
+    if (lastDrawn < 0) { showMessage("no frame yet: type a prompt first"); return null; }
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    const png = new Uint8Array(await blob.arrayBuffer());
+    const meta = { prompt: drawnMeta.prompt, seed: drawnMeta.seed, steps: drawnMeta.steps, model: config.model,
+                   seq: lastDrawn, Software: "lightning-studio" };
+    const chunks = Object.entries(meta).map(([k, v]) => itxtChunk(k, v));
+    const ihdrEnd = 8 + 25; // signature + IHDR (4 length + 4 type + 13 data + 4 crc)
+    const parts = [png.subarray(0, ihdrEnd), ...chunks, png.subarray(ihdrEnd)];
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob(parts, { type: "image/png" }));
+    link.download = `studio-seed${meta.seed}-${meta.steps}step.png`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    return link.download;
+  }
+
+  window.studio = { update, snapshot, state, get lastSeq() { return lastDrawn; } };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init); else init();
+})();

@@ -1,0 +1,133 @@
+"""The Gradio page: controls, the live image (drawn by assets/web/studio.js from /ws frames), Snapshot, and the
+Compare-steps panel.
+
+The live image does not go through Gradio events: each Gradio output travels through the file cache and an HTTP
+fetch, too slow per keystroke (REFERENCE §7). The JS client owns the stream; Gradio only tells it when a control
+changes (js-only events, no server round trip). With --gradio-events (hosts where a custom WebSocket cannot work,
+e.g. ZeroGPU Spaces) the image is a plain gr.Image driven by prompt.input(trigger_mode="always_last") instead.
+"""
+
+import html
+import json
+import os
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines import GenerationRequest, StudioError
+
+from .protocol import MAX_SEED
+
+WEB = Path(__file__).resolve().parent.parent / "assets" / "web"
+_VERSION = str(int(max(p.stat().st_mtime for p in WEB.iterdir())))  # cache-busts the assets when they change
+HEAD = (f'<link rel="stylesheet" href="/studio-assets/studio.css?v={_VERSION}">'
+        f'<script src="/studio-assets/studio.js?v={_VERSION}" defer></script>')
+SIDES = (128, 256, 384, 512, 640, 768, 1024, 1536, 2048)
+
+
+def size_choices(engine) -> list[int]:
+    low, high = engine.size_limits
+    return sorted({s for s in SIDES if low <= s <= high} | {engine.default_size})
+
+
+def live_html(studio) -> str:
+    size = studio.engine.default_size
+    config = studio.info() | {"ws_path": "ws", "size": size}
+    return (f'<div id="studio-root" data-config="{html.escape(json.dumps(config))}" data-seq="-1" data-state="connecting">'
+            f'<div class="studio-stage"><canvas id="live-canvas" width="{size}" height="{size}" data-seq="-1"></canvas>'
+            f'<div id="studio-hud">connecting…</div></div>'
+            f'<div id="studio-message" role="status"></div></div>')
+
+
+def _steps_label(steps: int) -> str:
+    return f"{steps} step" + ("" if steps == 1 else "s")
+
+
+def build_blocks(studio) -> gr.Blocks:
+    engine = studio.engine
+    steps_choices = list(engine.steps)
+    sizes = size_choices(engine)
+    with gr.Blocks(title="Lightning studio") as demo:
+        gr.Markdown(f"## Lightning studio\n{studio.notice}", elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt (renders as you type)", elem_id="prompt", lines=2,
+                                    placeholder="a lighthouse on a cliff at dawn, volumetric light")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
+                    steps = gr.Radio(steps_choices, value=steps_choices[0], label="Steps (loaded variants)", elem_id="steps")
+                    size = gr.Radio(sizes, value=engine.default_size, label="Size (px, square)", elem_id="size")
+                if studio.config.gradio_events:
+                    live = gr.Image(label="Live", elem_id="live-gradio", interactive=False, format="jpeg")
+                    hud = gr.Markdown(elem_id="gradio-hud")
+                else:
+                    gr.HTML(live_html(studio), elem_id="live")
+                    gr.Button("Snapshot (PNG)", elem_id="snapshot").click(None, js="() => window.studio && window.studio.snapshot()")
+            with gr.Column(scale=2):
+                gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
+                compare = gr.Button("Compare steps", elem_id="compare", variant="primary")
+                gallery = gr.Gallery(label="Same prompt and seed; only the step count differs", elem_id="compare-gallery",
+                                     columns=2, height="auto", format="jpeg")
+                latency = gr.Markdown(elem_id="compare-latency")
+
+        randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
+        compare.click(lambda p, s, z: compare_steps(studio, p, s, z), [prompt, seed, size], [gallery, latency],
+                      concurrency_limit=1)
+        if studio.config.gradio_events:
+            render = _gradio_renderer(studio)
+            for event in (prompt.input, seed.change, steps.change, size.change):
+                event(render, [prompt, seed, steps, size], [live, hud], trigger_mode="always_last", show_progress="hidden")
+        else:  # js-only: hand control changes to the WebSocket client, no server round trip
+            seed.change(None, [seed], None, js="(v) => { window.studio && window.studio.update({seed: v}); }")
+            steps.change(None, [steps], None, js="(v) => { window.studio && window.studio.update({steps: v}); }")
+            size.change(None, [size], None, js="(v) => { window.studio && window.studio.update({size: v}); }")
+    return demo
+
+
+def _requests(prompt, seed, size, steps_list) -> list[GenerationRequest]:
+    seed = int(seed or 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise gr.Error(f"seed must be between 0 and {MAX_SEED}")
+    return [GenerationRequest(prompt or "", seed, int(s), int(size), int(size)) for s in steps_list]
+
+
+def compare_steps(studio, prompt, seed, size):
+    """Render prompt+seed at every loaded step count through the GPU worker; -> (gallery items, latency table)."""
+    requests = _requests(prompt, seed, size, studio.engine.steps)
+    try:
+        results = studio.worker.run(requests, vae="full")
+    except StudioError as e:
+        raise gr.Error(str(e)) from None
+    items = [(r.image, f"{_steps_label(r.request.steps)} · {r.timings_ms['total']:.0f} ms") for r in results]
+    rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
+    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |"
+             for r in results]
+    return items, "\n".join(rows)
+
+
+def _gradio_renderer(studio):
+    """--gradio-events: one render per event; trigger_mode="always_last" guarantees the final text renders.
+
+    On ZeroGPU Spaces the GPU exists only inside a @spaces.GPU function, so there the engine is called directly
+    (ZeroGPU serialises those calls); everywhere else the call goes through the single GPU worker.
+    """
+    def run(requests):
+        return studio.worker.run(requests, vae=studio.config.preview_vae)
+
+    if os.environ.get("SPACES_ZERO_GPU"):
+        import spaces  # available on Spaces only
+
+        run = spaces.GPU(lambda requests: studio.engine.generate(requests, vae=studio.config.preview_vae))
+
+    def render(prompt, seed, steps, size):
+        start = time.perf_counter()
+        try:
+            (result,) = run(_requests(prompt, seed, size, [steps]))
+        except StudioError as e:
+            raise gr.Error(str(e)) from None
+        stages = " · ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
+        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {(time.perf_counter() - start) * 1000:.0f} ms"
+
+    return render

@@ -1,0 +1,180 @@
+"""The single GPU worker: the only thread that calls the engine (diffusers pipelines are not safe to call
+concurrently, and one stream of batches keeps the GPU busy without contention).
+
+It warms the engine first, then loops: take a fair same-key batch from the scheduler, render it, hand each result
+to its client's `answer` callback (which encodes and sends elsewhere) and move on. Blocking jobs from Gradio
+handlers (the Compare-steps panel, --gradio-events) take turns with the stream so neither starves the other.
+"""
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future
+from typing import Callable, Hashable
+
+from .metrics import Metrics
+from .scheduler import Job, Scheduler
+
+log = logging.getLogger("realtime.worker")
+
+# answer(job, result, error_message, batch_size): called on the worker thread; must not block.
+Answer = Callable[[Job, object, str | None, int], None]
+
+
+class Worker:
+    def __init__(self, engine, max_batch: int = 4, vae: str | None = None, metrics: Metrics | None = None,
+                 warm_sizes: tuple = (), warm_batch_sizes: tuple = (1,), warm_vaes: tuple | None = None):
+        self.engine = engine
+        self.vae = vae
+        self.metrics = metrics or Metrics()
+        self.scheduler = Scheduler(max_batch)
+        self.warm_sizes = tuple(warm_sizes)
+        self.warm_batch_sizes = tuple(warm_batch_sizes)
+        self.warm_vaes = warm_vaes
+        self.warmup_seconds: float | None = None
+        self.warmup_error: str | None = None
+        self._cond = threading.Condition()
+        self._answers: dict[Hashable, Answer] = {}
+        self._jobs: deque = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
+
+    # --- event-loop side (all quick, under the lock) --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self.warmup_seconds is not None
+
+    def connect(self, client: Hashable, answer: Answer) -> None:
+        with self._cond:
+            self.scheduler.connect(client)
+            self._answers[client] = answer
+
+    def disconnect(self, client: Hashable) -> None:
+        with self._cond:
+            self.scheduler.disconnect(client)
+            self._answers.pop(client, None)
+
+    def submit(self, job: Job) -> Job | None:
+        """Mailbox a request; returns the request it superseded. Raises scheduler.OutOfOrder for a replayed seq."""
+        with self._cond:
+            replaced = self.scheduler.submit(job)
+            self._cond.notify()
+            return replaced
+
+    def can_deliver(self, client: Hashable, seq: int) -> bool:
+        with self._cond:
+            return self.scheduler.can_deliver(client, seq)
+
+    def finish(self, client: Hashable, seq: int) -> None:
+        """The answer to `seq` went out (or could not): the client may have its next request dispatched."""
+        with self._cond:
+            self.scheduler.finish(client, seq)
+            self._cond.notify()
+
+    def queue_depth(self) -> dict:
+        with self._cond:
+            return {"pending": self.scheduler.pending, "in_flight": self.scheduler.in_flight,
+                    "jobs": len(self._jobs), "clients": self.scheduler.clients}
+
+    # --- blocking jobs (called from Gradio's handler threads, never from the event loop) ----------------------
+    def run(self, requests: list, vae: str | None = None, timeout: float | None = None) -> list:
+        future: Future = Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            self._jobs.append((list(requests), vae, future))
+            self._cond.notify()
+        return future.result(timeout)
+
+    # --- the worker thread ------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._warm()
+        turn_for_jobs = False
+        while True:
+            with self._cond:
+                while not self._stopping and not self._jobs and not self.scheduler.has_work():
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                # Alternate between the stream and blocking jobs whenever both are waiting.
+                take_job = bool(self._jobs) and (turn_for_jobs or not self.scheduler.has_work())
+                job = self._jobs.popleft() if take_job else None
+                batch = [] if take_job else self.scheduler.next_batch()
+                answers = {j.client: self._answers.get(j.client) for j in batch}
+            turn_for_jobs = not take_job
+            if job is not None:
+                self._run_job(*job)
+            elif batch:
+                self._render(batch, answers)
+        with self._cond:  # nobody will run these now: fail them instead of leaving callers blocked
+            for _, _, future in self._jobs:
+                future.set_exception(RuntimeError("the server is shutting down"))
+            self._jobs.clear()
+
+    def _warm(self) -> None:
+        try:
+            seconds = 0.0
+            if self.warm_sizes:
+                seconds = float(self.engine.warmup(sizes=self.warm_sizes, batch_sizes=self.warm_batch_sizes, vaes=self.warm_vaes))
+        except Exception as e:  # the server still serves; healthz says what failed
+            self.warmup_error = f"warm-up failed: {e}"
+            log.error("warm-up failed:\n%s", traceback.format_exc())
+            seconds = float("nan")
+        self.warmup_seconds = seconds
+
+    def _run_job(self, requests: list, vae: str | None, future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(self.engine.generate(requests, vae=vae))
+        except Exception as e:
+            future.set_exception(e)
+
+    def _render(self, batch: list[Job], answers: dict) -> None:
+        started = time.perf_counter()
+        for job in batch:
+            self.metrics.observe("queue", (started - job.submitted_at) * 1000)
+        outcomes = self._generate([job.payload for job in batch])
+        self.metrics.count("batches")
+        self.metrics.count("batched_requests", len(batch))
+        for job, (result, err) in zip(batch, outcomes):
+            answer = answers.get(job.client)
+            if answer is None:  # client left mid-generation: free nothing, it is gone
+                self.metrics.count("stale_dropped")
+                continue
+            try:
+                answer(job, result, err, len(batch))
+            except Exception:
+                log.error("answer callback failed:\n%s", traceback.format_exc())
+                self.finish(job.client, job.seq)
+
+    def _generate(self, requests: list) -> list[tuple[object, str | None]]:
+        """-> [(result, None) | (None, error message)] in order. A failing batch is retried one request at a
+        time, so one bad request is reported to its own client and does not take its batch-mates down."""
+        try:
+            return [(r, None) for r in self.engine.generate(requests, vae=self.vae)]
+        except Exception as e:
+            if len(requests) == 1:
+                return [(None, _describe(e))]
+        return [self._generate([r])[0] for r in requests]
+
+
+def _describe(error: Exception) -> str:
+    from pipelines.errors import StudioError
+
+    if isinstance(error, StudioError):  # messages written for users
+        return str(error)
+    log.error("engine failed:\n%s", "".join(traceback.format_exception(error)))
+    return f"the engine failed on this request ({type(error).__name__}: {error})"
