@@ -1,0 +1,318 @@
+"""The distillation plan: a TOML file parsed into frozen dataclasses and checked before any model loads.
+
+A plan is a chain of stages (teacher steps -> student steps); each stage is a list of phases (an objective
+trained on LoRA or on the full UNet for a number of optimizer steps). Every refusal names the key and the reason.
+"""
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from pipelines.errors import StudioError
+
+OBJECTIVES = ("mse", "conditional", "unconditional", "x0_convert")
+ADVERSARIAL = ("conditional", "unconditional")
+PARAMS = ("lora", "full")
+TEACHERS = ("previous", "skip")
+DATA_SOURCES = ("prompts", "folder", "tar", "cache")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class ConfigError(StudioError, ValueError):
+    """A plan that cannot run; the message starts with the offending key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = "tiny"  # "tiny", "random-sdxl", a hub id or a local diffusers SDXL folder
+    seed: int = 0  # weights seed for the built-in models
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "prompts"  # prompts: the base teacher generates the training latents
+    path: str = ""  # image folder, tar shard glob, or cache folder (for "cache")
+    prompts: tuple[str, ...] = ()
+    prompts_file: str = ""  # one prompt per line; adds to `prompts`
+    resolution: int = 1024
+    on_bad: str = "skip"  # skip (and count) or stop at an unreadable image / missing caption
+    generate_steps: int = 32  # prompts mode: teacher steps used to generate each latent
+    generate_guidance: float = 6.0
+    samples_per_prompt: int = 1
+    shard_size: int = 256  # samples per cached safetensors shard
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/distill"
+    seed: int = 0
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = True
+    max_grad_norm: float = 1.0
+    lora_rank: int = 64
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    validation_prompts: tuple[str, ...] = ()
+    validation_seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    objective: str  # mse | conditional | unconditional | x0_convert
+    params: str  # lora | full
+    steps: int
+    lr: float
+    betas: tuple[float, float] = (0.0, 0.99)
+    d_lr: float | None = None  # discriminator lr; defaults to lr
+    guidance_scale: float = 1.0  # teacher CFG (the paper uses 6 in the MSE stage only)
+    teacher: str = "previous"  # previous stage's student, or "skip": the stage before that
+    renoise_weights: tuple[float, ...] = ()  # empty: D sees x_{t-ns} itself; else weights over renoise levels
+    trainable_backbone: bool = True  # discriminator backbone trained (paper) or frozen
+
+    @property
+    def adversarial(self) -> bool:
+        return self.objective in ADVERSARIAL
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str
+    teacher_steps: int
+    student_steps: int
+    phases: tuple[PhaseConfig, ...]
+    prediction_type: str = "epsilon"  # the student's; "sample" (x0) needs an x0_convert phase first
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    stages: tuple[StageConfig, ...]
+    path: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        """Plain, comparable form (what a checkpoint records); `path` is where it was read from, not the plan."""
+        data = asdict(self)
+        data.pop("path")
+        return data
+
+
+# Keys whose change does not alter the trained weights: a checkpoint stays valid across them.
+RESUME_NEUTRAL = {"train.output_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                  "train.validation_prompts", "train.validation_seeds"}
+
+
+def load_config(path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict, path: str = "") -> Config:
+    raw = dict(raw)
+    stages_raw = raw.pop("stages", None)
+    _no_unknown(raw, {"model", "data", "train"}, "")
+    if not stages_raw:
+        raise ConfigError("stages: the plan needs at least one [[stages]] table")
+    stages = tuple(_stage(s, f"stages[{i}]") for i, s in enumerate(stages_raw))
+    config = Config(_section(ModelConfig, raw.get("model", {}), "model"), _section(DataConfig, raw.get("data", {}), "data"),
+                    _section(TrainConfig, raw.get("train", {}), "train"), stages, path)
+    validate(config)
+    return config
+
+
+def _no_unknown(table: dict, known, where: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _section(cls, table: dict, where: str):
+    """Build a dataclass from a table, checking key names and value types against the field defaults."""
+    known = {f.name: f for f in fields(cls)}
+    _no_unknown(table, known, where)
+    values = {}
+    for name, value in table.items():
+        expected = known[name].type
+        values[name] = _typed(value, expected, f"{where}.{name}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        missing = str(e).split("argument")[-1].strip(": '")
+        raise ConfigError(f"{where}.{missing}: required key is missing") from None
+
+
+def _typed(value, expected, key):
+    """Check a TOML value against a field annotation; lists become tuples so configs stay hashable."""
+    text = expected if isinstance(expected, str) else expected.__name__ if isinstance(expected, type) else str(expected)
+    if text.startswith("tuple"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = float if "float" in text else int if "int" in text else str
+        return tuple(_typed(v, item.__name__, f"{key}[{i}]") for i, v in enumerate(value))
+    if text.startswith("float"):  # "float" or "float | None"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    kinds = {"int": int, "str": str, "bool": bool}
+    kind = kinds[text]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {text}, got {value!r}")
+    return value
+
+
+def _stage(table: dict, where: str) -> StageConfig:
+    table = dict(table)
+    phases_raw = table.pop("phases", None)
+    if not phases_raw:
+        raise ConfigError(f"{where}.phases: a stage needs at least one [[stages.phases]] table")
+    phases = tuple(_section(PhaseConfig, p, f"{where}.phases[{i}]") for i, p in enumerate(phases_raw))
+    stage = _section(_StageFields, table, where)
+    return StageConfig(stage.name, stage.teacher_steps, stage.student_steps, phases, stage.prediction_type)
+
+
+@dataclass(frozen=True)
+class _StageFields:  # the scalar keys of a [[stages]] table, checked like any other section
+    name: str
+    teacher_steps: int
+    student_steps: int
+    prediction_type: str = "epsilon"
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def _check(ok: bool, key: str, reason: str):
+    if not ok:
+        raise ConfigError(f"{key}: {reason}")
+
+
+def validate(c: Config):
+    d, t = c.data, c.train
+    _check(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
+    _check(d.on_bad in ("skip", "stop"), "data.on_bad", f"must be 'skip' or 'stop', got {d.on_bad!r}")
+    _check(d.resolution >= 8 and d.resolution % 8 == 0, "data.resolution", "must be a positive multiple of 8 (the VAE downscale)")
+    _check(d.source == "prompts" or bool(d.path), "data.path", f"source {d.source!r} needs a path")
+    _check(d.source != "prompts" or bool(d.prompts or d.prompts_file), "data.prompts", "prompts mode needs prompts or prompts_file")
+    _check(d.generate_steps >= 1, "data.generate_steps", "must be >= 1")
+    _check(d.samples_per_prompt >= 1, "data.samples_per_prompt", "must be >= 1")
+    _check(d.shard_size >= 1, "data.shard_size", "must be >= 1")
+    _check(t.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"must be one of {MIXED_PRECISION}")
+    for key in ("batch_size", "gradient_accumulation_steps", "lora_rank", "checkpoint_every", "keep_checkpoints", "log_every"):
+        _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
+    _check(t.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
+
+    names = [s.name for s in c.stages]
+    for i, s in enumerate(c.stages):
+        where = f"stages[{i}]"
+        _check(s.name not in names[:i] and s.name.replace("-", "").replace("_", "").isalnum(), f"{where}.name",
+               f"{s.name!r} must be unique and made of letters, digits, - and _ (it names folders)")
+        _check(_power_of_two(s.student_steps), f"{where}.student_steps", f"{s.student_steps} is not a power of two (trailing grids must nest)")
+        _check(s.student_steps < s.teacher_steps, f"{where}.student_steps",
+               f"{s.student_steps} must be fewer than teacher_steps {s.teacher_steps}")
+        ratio = s.teacher_steps / s.student_steps
+        _check(ratio == int(ratio) and _power_of_two(int(ratio)), f"{where}.teacher_steps",
+               f"{s.teacher_steps} does not halve into student_steps {s.student_steps} (the ratio must be a power of two)")
+        if i > 0:
+            previous = c.stages[i - 1]
+            _check(s.teacher_steps == previous.student_steps, f"{where}.teacher_steps",
+                   f"{s.teacher_steps} must equal the previous stage's student_steps {previous.student_steps} (progressive chain)")
+        _check(s.prediction_type in ("epsilon", "sample"), f"{where}.prediction_type", "must be 'epsilon' or 'sample'")
+        _validate_phases(s, i, where)
+
+
+def _validate_phases(s: StageConfig, index: int, where: str):
+    seen_full = False
+    for j, p in enumerate(s.phases):
+        key = f"{where}.phases[{j}]"
+        _check(p.objective in OBJECTIVES, f"{key}.objective", f"must be one of {OBJECTIVES}, got {p.objective!r}")
+        _check(p.params in PARAMS, f"{key}.params", f"must be 'lora' or 'full', got {p.params!r}")
+        _check(p.teacher in TEACHERS, f"{key}.teacher", f"must be one of {TEACHERS}, got {p.teacher!r}")
+        _check(p.steps >= 1, f"{key}.steps", "must be >= 1")
+        _check(p.lr > 0 and math.isfinite(p.lr), f"{key}.lr", "must be a positive number")
+        _check(p.d_lr is None or p.d_lr > 0, f"{key}.d_lr", "must be a positive number")
+        _check(len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas), f"{key}.betas", "must be two numbers in [0, 1)")
+        _check(p.guidance_scale >= 1, f"{key}.guidance_scale", "must be >= 1 (1 = no CFG)")
+        _check(p.teacher == "previous" or index > 0, f"{key}.teacher",
+               "'skip' needs a stage two levels up; the first stage's only teacher is the base model")
+        _check(not p.renoise_weights or p.adversarial, f"{key}.renoise_weights", "only adversarial phases re-noise D's inputs")
+        _check(not p.renoise_weights or (len(p.renoise_weights) == 4 and min(p.renoise_weights) >= 0 and sum(p.renoise_weights) > 0),
+               f"{key}.renoise_weights", "must be four non-negative weights for t* = 10, 250, 500, 750, not all zero")
+        if p.params == "full":
+            seen_full = True
+        _check(not (p.params == "lora" and seen_full), f"{key}.params",
+               "a LoRA phase cannot follow a full-UNet phase in the same stage (LoRA is merged before the full phases)")
+        if s.prediction_type == "sample":
+            _check((j == 0) == (p.objective == "x0_convert"), f"{key}.objective",
+                   "an x0 ('sample') student starts with exactly one x0_convert phase")
+        else:
+            _check(p.objective != "x0_convert", f"{key}.objective", "x0_convert needs the stage's prediction_type = 'sample'")
+
+
+def describe(c: Config) -> str:
+    """The resolved plan, one line per phase: what `python -m distill plan` prints."""
+    lines = [f"config {c.path or '<inline>'}", f"base model: {c.model.base}",
+             f"data: {c.data.source} {c.data.path or ''} at {c.data.resolution}px, on_bad={c.data.on_bad}".replace("  ", " "),
+             f"train: batch {c.train.batch_size} x accumulation {c.train.gradient_accumulation_steps}, {c.train.mixed_precision}, "
+             f"LoRA rank {c.train.lora_rank}, checkpoints every {c.train.checkpoint_every} steps (keep {c.train.keep_checkpoints}) "
+             f"in {c.train.output_dir}"]
+    total = 0
+    for i, s in enumerate(c.stages):
+        lines.append(f"stage {i} {s.name}: {s.teacher_steps} -> {s.student_steps} steps, student predicts {s.prediction_type}")
+        for j, p in enumerate(s.phases):
+            teacher = teacher_of(c, i, j)
+            extra = f", CFG {p.guidance_scale:g}" if p.guidance_scale > 1 else ""
+            extra += f", re-noise weights {':'.join(f'{w:g}' for w in p.renoise_weights)}" if p.renoise_weights else ""
+            if j > 0 and p.params == "full" and s.phases[j - 1].params == "lora":
+                lines.append("    merge LoRA into the UNet (fp32)")
+            lines.append(f"  phase {j}: {p.objective:<13} {p.params:<4} {p.steps:>6} steps  lr {p.lr:g} betas {p.betas}  "
+                         f"teacher: {teacher[0]} at {teacher[1]} steps{extra}")
+            total += p.steps
+    lines.append(f"total optimizer steps: {total}")
+    return "\n".join(lines)
+
+
+def teacher_of(c: Config, stage: int, phase: int) -> tuple[str, int]:
+    """(source, steps) of a phase's teacher: "base", or the name of the stage whose final student teaches."""
+    p = c.stages[stage].phases[phase]
+    back = 2 if p.teacher == "skip" else 1
+    if stage - back < 0:
+        return "base", c.stages[0].teacher_steps
+    source = c.stages[stage - back]
+    return source.name, source.student_steps
+
+
+def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two `Config.to_dict()` forms, ignoring RESUME_NEUTRAL keys."""
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if name in RESUME_NEUTRAL:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{name}.")
+        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and a and isinstance(a[0], dict) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                out += config_diff(x, y, f"{name}[{i}].")
+        elif _plain(a) != _plain(b):
+            out.append(f"{name}: checkpoint has {a!r}, config has {b!r}")
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
