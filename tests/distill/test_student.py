@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from distill.schedule import add_noise, alphas_cumprod
+from distill.solver import teacher_solve, unet_output
+from distill.student import student_step
+from pipelines.architectures import tiny_components
+
+ALPHAS_BAR = alphas_cumprod()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_components(0)["unet"]
+
+
+def make_cond(batch):
+    g = torch.Generator().manual_seed(0)
+    return {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
+            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+
+
+def test_one_student_step_equals_a_one_step_solve(unet):
+    x_t, cond = torch.randn(2, 4, 8, 8), make_cond(2)
+    x_next, x0 = student_step(unet, x_t, 999, 499, cond, ALPHAS_BAR, "epsilon")
+    torch.testing.assert_close(x_next, teacher_solve(unet, x_t, 999, 499, 2, cond, ALPHAS_BAR))
+    torch.testing.assert_close(x0, teacher_solve(unet, x_t, 999, -1, 1, cond, ALPHAS_BAR))
+
+
+def test_x0_student_jumps_straight_to_its_output(unet):
+    x_t, cond = torch.randn(1, 4, 8, 8), make_cond(1)
+    x_next, x0 = student_step(unet, x_t, 999, -1, cond, ALPHAS_BAR, "sample")
+    output = unet_output(unet, x_t, 999, cond)
+    assert torch.equal(x_next, x0)
+    torch.testing.assert_close(x0, output)
+
+
+def test_per_sample_timesteps_and_gradients(unet):
+    """The 1/2-step stages draw a training timestep per sample; the jump must stay differentiable."""
+    unet.zero_grad(set_to_none=True)
+    t, t_next = torch.tensor([999, 749]), torch.tensor([499, 249])
+    x_t = add_noise(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), t, ALPHAS_BAR)
+    cond = make_cond(2)
+    x_next, _ = student_step(unet, x_t, t, t_next, cond, ALPHAS_BAR, "epsilon")
+    single, _ = student_step(unet, x_t[1:], 749, 249, {k: v[1:] for k, v in cond.items()}, ALPHAS_BAR, "epsilon")
+    torch.testing.assert_close(x_next[1:], single)
+    x_next.square().mean().backward()
+    assert all(p.grad is not None for p in unet.parameters())
