@@ -40,7 +40,7 @@ class DataConfig:
     generate_steps: int = 32  # prompts mode: teacher steps used to generate each latent
     generate_guidance: float = 6.0
     samples_per_prompt: int = 1
-    shard_size: int = 256  # samples per cached safetensors shard
+    shard_size: int = 256  # samples per cached safetensors shard (rounded up to whole encode batches)
 
 
 @dataclass(frozen=True)
