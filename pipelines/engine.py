@@ -152,7 +152,10 @@ class Engine:
         prediction_type, timesteps, sigmas = self.schedules[steps]
         adapter = self.model.adapters[steps]
         if adapter is not None:
+            self.pipe.enable_lora()
             self.pipe.set_adapters([adapter])
+        elif any(self.model.adapters.values()):
+            self.pipe.disable_lora()  # this variant is the bare base UNet that the LoRA variants share
         unet = self.run_unet[steps]
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype).repeat(len(noise), 1)
         conditioning = {"text_embeds": pooled, "time_ids": time_ids}
@@ -167,13 +170,14 @@ class Engine:
 
     def _prompt_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both encoders' penultimate states (concatenated) and the pooled projection, one encoder pass per new prompt."""
-        new = list(dict.fromkeys(p for p in prompts if p not in self.prompt_cache))
+        found = {p: self.prompt_cache.get(p) for p in dict.fromkeys(prompts)}
+        new = [p for p, entry in found.items() if entry is None]
         if new:
             embeds, _, pooled, _ = self.pipe.encode_prompt(new, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
             for prompt, e, p in zip(new, embeds, pooled):
+                found[prompt] = (e, p)
                 self.prompt_cache.put(prompt, (e, p))
-        cached = [self.prompt_cache.get(p) for p in prompts]
-        return torch.stack([e for e, _ in cached]), torch.stack([p for _, p in cached])
+        return torch.stack([found[p][0] for p in prompts]), torch.stack([found[p][1] for p in prompts])
 
     def _initial_noise(self, batch: list[GenerationRequest]) -> torch.Tensor:
         """Unit Gaussian noise from the seed alone (CPU generator), identical across variants, devices and batch mates."""

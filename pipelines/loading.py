@@ -74,11 +74,11 @@ def _builtin_pipeline(base: str) -> tuple[StableDiffusionXLPipeline, Autoencoder
 def _hub_pipeline(spec: ModelSpec, dtype: torch.dtype, device: torch.device, unet) -> StableDiffusionXLPipeline:
     """A hub id or a local diffusers folder. On CUDA in fp16 it gets the fp16-safe VAE, so decoding never needs
     diffusers' slow fp32 upcast of the stock SDXL VAE."""
-    kwargs = {"torch_dtype": dtype}
+    kwargs = {"dtype": dtype}
     if unet is not None:
         kwargs["unet"] = unet
     if device.type == "cuda" and dtype == torch.float16:
-        kwargs["vae"] = _from_hub_or_folder(AutoencoderKL.from_pretrained, VAE_FP16_FIX, torch_dtype=dtype)
+        kwargs["vae"] = _from_hub_or_folder(AutoencoderKL.from_pretrained, VAE_FP16_FIX, dtype=dtype)
     if dtype == torch.float16 and not Path(spec.base).exists():
         kwargs["variant"] = "fp16"
     return _from_hub_or_folder(StableDiffusionXLPipeline.from_pretrained, spec.base, **kwargs)
@@ -87,14 +87,13 @@ def _hub_pipeline(spec: ModelSpec, dtype: torch.dtype, device: torch.device, une
 def _variant_unet(spec: ModelSpec, variant: Variant, base_config_source, dtype) -> UNet2DConditionModel:
     """A variant's full UNet: a diffusers folder, or a bare state-dict file on the base UNet's config."""
     if variant.unet_dir is not None:
-        return UNet2DConditionModel.from_pretrained(_local_path(spec, variant.unet_dir), use_safetensors=True, torch_dtype=dtype)
-    # Fetch the weights before the base config: the variant file is what an offline user is most likely to lack.
+        return UNet2DConditionModel.from_pretrained(_local_path(spec, variant.unet_dir), use_safetensors=True, dtype=dtype)
     path = fetch(variant.repo, variant.unet_file) if variant.repo else _local_path(spec, variant.unet_file)
     unet = UNet2DConditionModel.from_config(base_config_source())
     missing, unexpected = unet.load_state_dict(load_file(str(path)), strict=False)
     if missing or unexpected:
         raise InvalidModel(f"{path}: not a UNet for this base ({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    return unet.to(dtype)
+    return unet  # cast with everything else in load_model
 
 
 def _hub_unet_config(base: str):
@@ -106,6 +105,8 @@ def _hub_unet_config(base: str):
 
 def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, preview_vae: bool) -> LoadedModel:
     with_unet = [v for v in spec.variants if v.unet_file or v.unet_dir]
+    # Variant files first: they are what an offline user most likely lacks, so the error names them.
+    lora_paths = {v.steps: fetch(v.repo, v.lora_file) if v.repo else _local_path(spec, v.lora_file) for v in spec.variants if v.is_lora}
     if spec.base in BUILTIN_BASES:
         pipe, vae_tiny = _builtin_pipeline(spec.base)
         unets = {v.steps: _variant_unet(spec, v, lambda: pipe.unet.config, dtype) for v in with_unet}
@@ -114,14 +115,13 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, previe
         # When every variant brings its own UNet the base UNet would be 5 GB of dead weight: reuse one instead.
         shared = next(iter(unets.values())) if len(with_unet) == len(spec.variants) else None
         pipe = _hub_pipeline(spec, dtype, device, unet=shared)
-        vae_tiny = _from_hub_or_folder(AutoencoderTiny.from_pretrained, TAESD_XL, torch_dtype=dtype) if preview_vae else None
+        vae_tiny = _from_hub_or_folder(AutoencoderTiny.from_pretrained, TAESD_XL, dtype=dtype) if preview_vae else None
 
     adapters: dict[int, str | None] = {}
     for v in spec.variants:
         adapters[v.steps] = v.adapter_name if v.is_lora else None
         if v.is_lora:
-            path = fetch(v.repo, v.lora_file) if v.repo else _local_path(spec, v.lora_file)
-            pipe.load_lora_weights(str(path), adapter_name=v.adapter_name)
+            pipe.load_lora_weights(str(lora_paths[v.steps]), adapter_name=v.adapter_name)
         unets.setdefault(v.steps, pipe.unet)
 
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + list(unets.values())

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from pipelines import GenerationRequest, InvalidModel, InvalidRequest, NonFiniteOutput, load_engine
+
+SIZE = 64
+
+
+def request(prompt="a cat", seed=0, steps=1, width=SIZE, height=SIZE):
+    return GenerationRequest(prompt, seed=seed, steps=steps, width=width, height=height)
+
+
+def test_a_batch_of_three_equals_three_single_requests(tiny_engine):
+    batch = [request("a cat", 1), request("a dog", 2), request("a boat", 3)]
+    together = tiny_engine.generate(batch, output_type="float")
+    alone = [tiny_engine.generate([r], output_type="float")[0] for r in batch]
+    assert [r.batch_size for r in together] == [3, 3, 3] and [r.batch_size for r in alone] == [1, 1, 1]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.image, b.image, atol=1e-5)
+
+
+def test_mixed_requests_are_grouped_by_steps_and_size_and_returned_in_order(tiny_engine):
+    batch = [request(steps=1), request(steps=2), request(steps=1, width=SIZE + 8), request(steps=1, seed=5)]
+    results = tiny_engine.generate(batch)
+    assert [r.request for r in results] == batch
+    assert [r.batch_size for r in results] == [2, 1, 1, 2]
+    assert results[2].image.shape == (SIZE, SIZE + 8, 3)
+
+
+def test_same_seed_is_deterministic_and_seeds_differ(tiny_engine):
+    first, again, other = (tiny_engine.generate([request(seed=s)])[0].image for s in (11, 11, 12))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_initial_noise_depends_on_seed_and_size_only(tiny_engine):
+    one = tiny_engine._initial_noise([request(seed=4, steps=1)])
+    eight = tiny_engine._initial_noise([request(seed=4, steps=8)])
+    alone = torch.randn(one.shape, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(one, eight)
+    torch.testing.assert_close(one, alone)
+
+
+def test_prompt_cache_hits_and_evicts():
+    engine = load_engine("tiny", device="cpu", steps=[1])
+    engine.prompt_cache.capacity = 2
+    engine.generate([request("one"), request("two"), request("one", seed=1)])  # a repeat inside a batch encodes once
+    assert (engine.prompt_cache.hits, engine.prompt_cache.misses) == (0, 2)
+    engine.generate([request("one")])
+    assert (engine.prompt_cache.hits, engine.prompt_cache.misses) == (1, 2)
+    engine.generate([request("three")])  # evicts "two", the least recently used
+    assert "one" in engine.prompt_cache and "three" in engine.prompt_cache and "two" not in engine.prompt_cache
+    cached = engine.prompt_cache.get("one")[0].clone()
+    fresh = engine.pipe.encode_prompt("one", device="cpu", do_classifier_free_guidance=False)[0][0]
+    torch.testing.assert_close(cached, fresh)
+
+
+def test_empty_prompt_is_a_valid_unconditional_request(tiny_engine):
+    result = tiny_engine.generate([request("")])[0]
+    assert result.image.shape == (SIZE, SIZE, 3) and result.dropped_tokens == 0
+
+
+def test_long_prompt_is_truncated_and_says_how_much(tiny_engine):
+    prompt = " ".join(["cat"] * 100)  # 100 word tokens + start/end = 102 tokens
+    result = tiny_engine.generate([request(prompt)])[0]
+    assert result.dropped_tokens == 102 - 77
+    assert tiny_engine.count_tokens(prompt) == (77, 25)
+    assert tiny_engine.count_tokens("a cat") == (4, 0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(prompt=42), "prompt must be a string"),
+    (dict(prompt=None), "prompt must be a string"),
+    (dict(steps=3), "steps=3 is not loaded; this model offers 1, 2, 4, 8"),
+    (dict(steps="2"), "steps='2' is not loaded"),
+    (dict(width=70), "width must be a multiple of 8"),
+    (dict(height=8), "height must be a multiple of 8 between 64"),
+    (dict(width=4096), "width must be a multiple of 8 between 64 and 1024"),
+    (dict(seed=-1), "seed must be an integer"),
+    (dict(seed=2**64), "seed must be an integer"),
+    (dict(seed=1.5), "seed must be an integer"),
+])
+def test_bad_requests_are_refused_clearly(tiny_engine, bad, message):
+    with pytest.raises(InvalidRequest, match=message.replace("(", r"\(")):
+        tiny_engine.generate([request(**bad)])
+
+
+def test_unknown_decoder_and_unknown_variant_are_refused(tiny_engine):
+    with pytest.raises(InvalidRequest, match="vae='huge' is not loaded"):
+        tiny_engine.generate([request()], vae="huge")
+    with pytest.raises(InvalidModel, match=r"offers \[1, 2, 4, 8\] steps, not \[3\]"):
+        load_engine("tiny", device="cpu", steps=[3])
+
+
+def test_nan_output_is_reported_not_returned_as_black():
+    engine = load_engine("tiny", device="cpu", steps=[1])
+    with torch.no_grad():
+        engine.model.unets[1].conv_out.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutput, match="NaN/Inf latents for 1 of 1"):
+        engine.generate([request()])
+
+
+def test_tiny_decoder_gives_an_image_of_the_same_size(tiny_engine):
+    full, tiny = (tiny_engine.generate([request()], vae=v)[0].image for v in ("full", "tiny"))
+    assert full.shape == tiny.shape == (SIZE, SIZE, 3)
+    assert not np.array_equal(full, tiny)
+
+
+def test_warmup_and_memory_report(tiny_engine):
+    seconds = tiny_engine.warmup(sizes=[(SIZE, SIZE)], batch_sizes=(1, 2))
+    assert seconds > 0 and tiny_engine.warmup_seconds == seconds
+    memory = tiny_engine.memory()
+    assert memory["unet_1+2+4+8step"] == sum(p.numel() * 4 for p in tiny_engine.pipe.unet.parameters())
+    assert memory["parameters_total"] == sum(v for k, v in memory.items() if k != "parameters_total")

@@ -1,0 +1,92 @@
+"""Loading from local folders and manifests, LoRA variants hot-swapped on one UNet, and offline failures."""
+
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from pipelines import GenerationRequest, WeightsUnavailable, load_engine, variants
+from pipelines.architectures import tiny_components
+
+SIZE = 64
+
+
+def write_tiny_lora(folder, seed=0):
+    """A LoRA on the tiny UNet with non-zero weights, saved the way diffusers saves LoRAs."""
+    unet = tiny_components()["unet"]
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name="lora.safetensors")
+    return folder / "lora.safetensors"
+
+
+@pytest.fixture(scope="module")
+def lora_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lora_model")
+    write_tiny_lora(folder)
+    variants.write_manifest(folder, "tiny", [variants.Variant(1, "sample"), variants.Variant(2, lora_file="lora.safetensors")])
+    return folder
+
+
+def test_lora_variant_matches_stock_pipeline_with_load_lora_weights(lora_model):
+    engine = load_engine(str(lora_model), device="cpu")
+    assert engine.steps == (1, 2) and engine.model.adapters == {1: None, 2: "lightning_2step"}
+    ours = engine.generate([GenerationRequest("a cat", seed=5, steps=2, width=SIZE, height=SIZE)], output_type="float")[0].image
+
+    parts = tiny_components()
+    parts.pop("vae_tiny")
+    pipe = StableDiffusionXLPipeline(**parts)
+    pipe.load_lora_weights(str(lora_model / "lora.safetensors"))
+    pipe.scheduler = variants.Variant(2).scheduler(pipe.scheduler.config)
+    stock = pipe("a cat", num_inference_steps=2, guidance_scale=0.0, height=SIZE, width=SIZE,
+                 generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    np.testing.assert_allclose(ours, stock, atol=1e-4)
+
+
+def test_switching_between_lora_and_base_variants_does_not_leak_the_adapter(lora_model):
+    engine = load_engine(str(lora_model), device="cpu")
+    base_only = load_engine("tiny", device="cpu", steps=[1])
+    one = GenerationRequest("a cat", seed=5, steps=1, width=SIZE, height=SIZE)
+    two = GenerationRequest("a cat", seed=5, steps=2, width=SIZE, height=SIZE)
+    first = engine.generate([one])[0].image
+    engine.generate([two])
+    after_lora = engine.generate([one])[0].image
+    np.testing.assert_array_equal(first, after_lora)
+    np.testing.assert_array_equal(first, base_only.generate([one])[0].image)
+
+
+def test_full_unet_folder_variant_loads_and_is_used(tmp_path):
+    unet = tiny_components(seed=1)["unet"]  # different weights from the base (seed 0)
+    unet.save_pretrained(tmp_path / "unet_2step")
+    variants.write_manifest(tmp_path, "tiny", [variants.Variant(2, unet_dir="unet_2step", source_stage="4->2")])
+    engine = load_engine(str(tmp_path), device="cpu")
+    loaded = engine.model.unets[2]
+    assert loaded is not engine.pipe.unet
+    assert engine.generate([GenerationRequest("x", steps=2, width=SIZE, height=SIZE)])[0].image.shape == (SIZE, SIZE, 3)
+    torch.testing.assert_close(loaded.conv_in.weight, unet.conv_in.weight)
+    assert not torch.equal(loaded.conv_in.weight, tiny_components()["unet"].conv_in.weight)
+
+
+def test_manifest_naming_missing_weights_says_which(tmp_path):
+    variants.write_manifest(tmp_path, "tiny", [variants.Variant(4, lora_file="missing.safetensors")])
+    with pytest.raises(WeightsUnavailable, match="missing.safetensors do not exist"):
+        load_engine(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("model, repo, filename", [
+    ("lightning", "ByteDance/SDXL-Lightning", "sdxl_lightning_1step_unet_x0.safetensors"),
+    ("lightning-lora", "ByteDance/SDXL-Lightning", "sdxl_lightning_2step_lora.safetensors"),
+])
+def test_offline_without_cache_names_repo_file_and_remedy(monkeypatch, tmp_path, model, repo, filename):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as error:
+        load_engine(model, device="cpu")
+    message = str(error.value)
+    assert filename in message and repo in message
+    assert "huggingface-cli download" in message and "--model tiny" in message

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from pipelines import InvalidModel, variants
+from pipelines.architectures import base_scheduler
+
+
+def test_lightning_full_unets_carry_their_recipe():
+    spec = variants.resolve("lightning")
+    assert [v.steps for v in spec.variants] == [1, 2, 4, 8]
+    assert spec.base == variants.SDXL_BASE
+    one = spec.variant(1)
+    assert one.prediction_type == "sample" and one.unet_file == "sdxl_lightning_1step_unet_x0.safetensors"
+    assert all(spec.variant(n).prediction_type == "epsilon" for n in (2, 4, 8))
+    for v in spec.variants:
+        scheduler = v.scheduler(base_scheduler().config)
+        assert scheduler.config.timestep_spacing == "trailing"
+        assert scheduler.config.prediction_type == v.prediction_type
+
+
+def test_lightning_loras_exist_for_two_four_eight_steps_on_any_base():
+    spec = variants.resolve("lightning-lora", base="someone/their-sdxl")
+    assert [v.steps for v in spec.variants] == [2, 4, 8]
+    assert spec.base == "someone/their-sdxl"
+    assert all(v.is_lora and v.lora_file == f"sdxl_lightning_{v.steps}step_lora.safetensors" for v in spec.variants)
+
+
+def test_restricting_to_missing_steps_is_refused():
+    with pytest.raises(InvalidModel, match=r"offers \[2, 4, 8\] steps, not \[1\]"):
+        variants.resolve("lightning-lora").restricted_to((1,))
+
+
+def test_unknown_model_and_bad_variant_fields_are_refused(tmp_path):
+    with pytest.raises(InvalidModel, match="unknown model 'nonsense'"):
+        variants.resolve("nonsense")
+    with pytest.raises(InvalidModel, match="prediction_type"):
+        variants.Variant(2, "v_prediction_typo")
+    with pytest.raises(InvalidModel, match="positive integer"):
+        variants.Variant(0)
+    with pytest.raises(InvalidModel, match="neither"):
+        variants.resolve(str(tmp_path))
+
+
+def test_manifest_round_trip(tmp_path):
+    written = [variants.Variant(2, "epsilon", unet_dir="unet_2step", source_stage="4->2"),
+               variants.Variant(1, "sample", lora_file="lora_1step.safetensors")]
+    variants.write_manifest(tmp_path, "tiny", written, note="test")
+    spec = variants.resolve(str(tmp_path))
+    assert spec.base == "tiny" and spec.root == str(tmp_path)
+    assert list(spec.variants) == written
+
+
+def test_manifest_with_unknown_keys_is_refused(tmp_path):
+    (tmp_path / variants.MANIFEST_NAME).write_text(
+        '{"format": "lightning-studio/1", "base_model": "tiny", "variants": [{"steps": 2, "shedule": "x"}]}')
+    with pytest.raises(InvalidModel, match="unknown variant keys"):
+        variants.resolve(str(tmp_path))
+
+
+def test_random_sdxl_is_the_exact_sdxl_architecture():
+    from pipelines.architectures import sdxl_unet
+
+    with torch.device("meta"):
+        unet = sdxl_unet()
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
