@@ -1,0 +1,25 @@
+"""One real studio per session: the embedded tiny model on the CPU behind a real uvicorn server on a free port,
+shared by the WebSocket and browser tests so the model loads and warms once."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the test modules' helpers (realtime_fakes) sit beside this file
+from realtime_fakes import FailingPrompt, serve, wait_until  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_studio():
+    from pipelines import load_engine
+    from realtime.server import create_app
+    from realtime.studio import Studio, StudioConfig
+
+    engine = FailingPrompt(load_engine(model="tiny", device="cpu", steps=(1, 2, 4)))
+    config = StudioConfig(max_clients=6, max_batch=4, rate=10, burst=30, warm_size=64)
+    studio = Studio(engine, config).start()
+    wait_until(lambda: studio.worker.ready, "the tiny model to warm up", limit_s=300)
+    with serve(create_app(studio, ui=True)) as address:
+        yield address, studio
+    studio.stop()

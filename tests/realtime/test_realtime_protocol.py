@@ -1,0 +1,121 @@
+"""Parsing every kind of bad client message into a clear error code, the binary frame format, and admission rules."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from realtime import protocol
+from realtime.limits import TokenBucket, origin_allowed
+from realtime.protocol import Generate, Hello, Limits, ProtocolError, pack_frame, parse, unpack_frame
+
+LIMITS = Limits(steps=(1, 2, 4, 8), min_side=64, max_side=1024)
+GOOD = {"type": "generate", "seq": 3, "prompt": "a cat", "seed": 7, "steps": 2, "width": 256, "height": 128}
+
+
+def with_(**changes):
+    msg = dict(GOOD, **changes)
+    return json.dumps({k: v for k, v in msg.items() if v is not ...})
+
+
+def test_valid_messages_parse():
+    assert parse(json.dumps({"type": "hello", "version": 1}), LIMITS) == Hello(1)
+    assert parse(json.dumps(GOOD), LIMITS) == Generate(3, "a cat", 7, 2, 256, 128)
+
+
+@pytest.mark.parametrize("message, code", [
+    (b"\x00\x01", "binary_not_supported"),
+    ("{not json", "bad_json"),
+    ("[1, 2]", "bad_message"),
+    ('"hello"', "bad_message"),
+    (json.dumps({"type": "dance"}), "unknown_type"),
+    (json.dumps({"version": 1}), "unknown_type"),
+    (json.dumps({"type": "hello", "version": 2}), "unsupported_version"),
+    (json.dumps({"type": "hello", "version": 1, "extra": 1}), "unknown_field"),
+    (with_(colour="red"), "unknown_field"),
+    (with_(seq=...), "missing_field"),
+    (with_(seed=...), "missing_field"),
+    (with_(seq="3"), "bad_type"),
+    (with_(seq=True), "bad_type"),
+    (with_(seq=-1), "out_of_range"),
+    (with_(prompt=5), "bad_type"),
+    (with_(prompt=None), "bad_type"),
+    (with_(prompt="x" * (protocol.MAX_PROMPT_CHARS + 1)), "out_of_range"),
+    (with_(seed=1.5), "bad_type"),
+    (with_(seed=-1), "out_of_range"),
+    (with_(seed=2**32), "out_of_range"),
+    (with_(steps=3), "out_of_range"),
+    (with_(steps="2"), "bad_type"),
+    (with_(width=250), "out_of_range"),
+    (with_(width=32), "out_of_range"),
+    (with_(height=4096), "out_of_range"),
+    (with_(height=[128]), "bad_type"),
+    ("{" * 5000, "too_large"),
+    ("[" * 3000 + "]" * 3000, "too_large"),
+])
+def test_bad_messages_get_a_code_and_a_message(message, code):
+    with pytest.raises(ProtocolError) as raised:
+        parse(message, LIMITS)
+    assert raised.value.code == code
+    assert len(raised.value.message) > 10
+
+
+def test_a_long_prompt_within_the_byte_limit_is_refused_by_length():
+    with pytest.raises(ProtocolError) as raised:
+        parse(with_(prompt="é" * (protocol.MAX_PROMPT_CHARS + 1)), Limits((2,), 64, 1024))
+    assert raised.value.code in ("out_of_range", "too_large")
+
+
+def test_deeply_nested_json_is_refused_without_crashing():
+    with pytest.raises(ProtocolError) as raised:
+        parse("[" * 1500 + "]" * 1500, LIMITS)
+    assert raised.value.code in ("bad_json", "bad_message")
+
+
+def test_errors_about_a_generate_carry_its_seq_so_the_client_can_match_them():
+    with pytest.raises(ProtocolError) as raised:
+        parse(with_(steps=3, seq=41), LIMITS)
+    assert raised.value.seq == 41
+    body = json.loads(protocol.error(raised.value.code, raised.value.message, raised.value.seq))
+    assert body == {"type": "error", "code": "out_of_range", "message": raised.value.message, "seq": 41}
+
+
+@given(header=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=6),
+       payload=st.binary(max_size=300))
+def test_frames_round_trip(header, payload):
+    frame = pack_frame(header, payload)
+    length = int.from_bytes(frame[:4], "big")
+    assert json.loads(frame[4 : 4 + length].decode("utf-8")) == header
+    assert unpack_frame(frame) == (header, payload)
+
+
+def test_truncated_frames_are_reported():
+    with pytest.raises(ValueError):
+        unpack_frame(b"\x00\x00")
+    with pytest.raises(ValueError):
+        unpack_frame(b"\x00\x00\x00\x50{}")
+
+
+@pytest.mark.parametrize("origin, host, space, allowed", [
+    (None, "example.org:7860", "", True),  # not a browser
+    ("http://127.0.0.1:7860", "127.0.0.1:7860", "", True),
+    ("http://localhost:3000", "10.0.0.2:7860", "", True),
+    ("https://studio.example.org", "studio.example.org", "", True),  # same host
+    ("https://evil.example", "studio.example.org", "", False),
+    ("https://studio.example.org.evil.example", "studio.example.org", "", False),
+    ("https://user-studio.hf.space", "10.1.2.3:7860", "user-studio.hf.space", True),
+    ("https://other.hf.space", "10.1.2.3:7860", "user-studio.hf.space", False),
+    ("null", "127.0.0.1:7860", "", False),
+    ("not a url", "127.0.0.1:7860", "", False),
+])
+def test_origin_check(origin, host, space, allowed):
+    assert origin_allowed(origin, host, space) is allowed
+
+
+def test_token_bucket_allows_bursts_then_the_rate():
+    bucket = TokenBucket(rate=10, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.wait_s() == pytest.approx(0.1)
+    assert bucket.take(0.1) and not bucket.take(0.1)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # never more than the burst
