@@ -66,7 +66,8 @@ class Timer:
 
 class Engine:
     def __init__(self, model: LoadedModel, backend: str = "eager", size_limits=(64, 2048), default_size: int = 1024,
-                 notice: str | None = None, check_finite: bool = True, prompt_cache_size: int = 512, noise_cache_size: int = 64):
+                 notice: str | None = None, check_finite: bool = True, prompt_cache_size: int = 512, noise_cache_size: int = 64,
+                 compiler: str = "inductor"):
         self.model, self.backend, self.notice = model, backend, notice
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
         self.size_limits, self.default_size, self.check_finite = size_limits, default_size, check_finite
@@ -82,10 +83,13 @@ class Engine:
             self.schedules[steps] = (variant.prediction_type, torch.from_numpy(timesteps).to(self.device),
                                      sampling.sigmas_for(timesteps, alphas_bar).tolist())
         compiled = {}  # LoRA variants share one UNet: compile each distinct module once
-        self.run_unet = {s: compiled.setdefault(id(u), backends.prepare(u, backend, self.device)) for s, u in model.unets.items()}
-        self.run_decode = {"full": backends.prepare(_Decoder(self.pipe.vae), backend, self.device)}
+        for unet in model.unets.values():
+            if id(unet) not in compiled:
+                compiled[id(unet)] = backends.prepare(unet, backend, self.device, compiler)
+        self.run_unet = {steps: compiled[id(unet)] for steps, unet in model.unets.items()}
+        self.run_decode = {"full": backends.prepare(_Decoder(self.pipe.vae), backend, self.device, compiler)}
         if model.vae_tiny is not None:
-            self.run_decode["tiny"] = backends.prepare(_Decoder(model.vae_tiny), backend, self.device)
+            self.run_decode["tiny"] = backends.prepare(_Decoder(model.vae_tiny), backend, self.device, compiler)
         self.default_vae = "full"
 
     # ---- validation -------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def default_model(device: torch.device) -> tuple[str, str | None]:
 
 def load_engine(model: str | None = None, device: str | None = None, steps=None, backend: str = "eager",
                 preview_vae: str | None = None, dtype: str | None = None, base: str | None = None,
-                compile_cache: bool = True, check_finite: bool = True) -> Engine:
+                compile_cache: bool = True, check_finite: bool = True, compiler: str = "inductor") -> Engine:
     """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup())."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -44,7 +44,7 @@ def load_engine(model: str | None = None, device: str | None = None, steps=None,
     loaded = load_model(spec, device, torch_dtype, preview_vae == "tiny")
     key = spec.base if spec.base in BUILTIN_BASES else None
     engine = Engine(loaded, backend, size_limits=SIZE_LIMITS.get(key, (256, 2048)), default_size=DEFAULT_SIZE.get(key, 1024),
-                    notice=notice, check_finite=check_finite)
+                    notice=notice, check_finite=check_finite, compiler=compiler)
     if preview_vae == "tiny":
         engine.default_vae = "tiny"
     engine.compile_cache = cache
