@@ -54,17 +54,17 @@ def build_blocks(studio) -> gr.Blocks:
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Prompt (renders as you type)", elem_id="prompt", lines=2,
                                     placeholder="a lighthouse on a cliff at dawn, volumetric light")
-                with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
-                    randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
-                    steps = gr.Radio(steps_choices, value=steps_choices[0], label="Steps (loaded variants)", elem_id="steps")
-                    size = gr.Radio(sizes, value=engine.default_size, label="Size (px, square)", elem_id="size")
                 if studio.config.gradio_events:
                     live = gr.Image(label="Live", elem_id="live-gradio", interactive=False, format="jpeg")
                     hud = gr.Markdown(elem_id="gradio-hud")
                 else:
                     gr.HTML(live_html(studio), elem_id="live")
                     gr.Button("Snapshot (PNG)", elem_id="snapshot").click(None, js="() => window.studio && window.studio.snapshot()")
+                with gr.Row(equal_height=False):
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
+                    steps = gr.Radio(steps_choices, value=steps_choices[0], label="Steps (loaded variants)", elem_id="steps")
+                    size = gr.Radio(sizes, value=engine.default_size, label="Size (px, square)", elem_id="size")
             with gr.Column(scale=2):
                 gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
                 compare = gr.Button("Compare steps", elem_id="compare", variant="primary")
