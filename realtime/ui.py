@@ -128,6 +128,7 @@ def _gradio_renderer(studio):
         except StudioError as e:
             raise gr.Error(str(e)) from None
         stages = " · ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
-        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {(time.perf_counter() - start) * 1000:.0f} ms"
+        took = (time.perf_counter() - start) * 1000
+        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {took:.0f} ms · rendered: {prompt}"
 
     return render

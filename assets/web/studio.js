@@ -8,9 +8,10 @@
   let seq = 0, lastDrawn = -1, drawnMeta = null, retryTimer = null, reconnectDelay = 500;
   const drawTimes = [];
 
-  function init() {
+  function init(tries = 0) {
     root = document.getElementById("studio-root");
-    if (!root) { setTimeout(init, 50); return; } // Gradio renders components after this script runs
+    // Gradio renders components after this script runs; with --gradio-events there is no live canvas at all.
+    if (!root) { if (tries < 600) setTimeout(() => init(tries + 1), 50); return; }
     canvas = document.getElementById("live-canvas");
     hud = document.getElementById("studio-hud");
     messageBox = document.getElementById("studio-message");

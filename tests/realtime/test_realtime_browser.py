@@ -21,17 +21,23 @@ def dataset(page) -> dict:
 
 
 @pytest.fixture(scope="module")
-def page(tiny_studio):
-    address, _ = tiny_studio
-    with sync_playwright() as p:
+def browser():
+    with sync_playwright() as p:  # one Playwright per module: the sync API cannot nest
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1360, "height": 980}, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(WAIT_MS)
-        page.goto(f"http://{address}/")
-        page.wait_for_selector("#studio-root[data-state='ready']")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, tiny_studio):
+    address, _ = tiny_studio
+    context = browser.new_context(viewport={"width": 1360, "height": 980}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"http://{address}/")
+    page.wait_for_selector("#studio-root[data-state='ready']")
+    yield page
+    context.close()
 
 
 def wait_for_last_frame(page) -> dict:
@@ -90,3 +96,30 @@ def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_stud
     shot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "studio.png"
     page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] >= 1000
+
+
+@pytest.fixture(scope="module")
+def gradio_events_address():
+    """A second studio in --gradio-events mode (its own tiny engine, so the two workers never share a model)."""
+    from pipelines import load_engine
+    from realtime.server import create_app
+    from realtime.studio import Studio, StudioConfig
+    from realtime_fakes import serve, wait_until
+
+    studio = Studio(load_engine(model="tiny", device="cpu", steps=(1, 2)), StudioConfig(gradio_events=True, warm_size=64)).start()
+    wait_until(lambda: studio.worker.ready, "warm-up", limit_s=300)
+    with serve(create_app(studio)) as address:
+        yield address
+    studio.stop()
+
+
+def test_gradio_events_mode_renders_the_final_text(browser, gradio_events_address):
+    page = browser.new_page(viewport={"width": 1360, "height": 980})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"http://{gradio_events_address}/")
+    page.locator("#prompt textarea").press_sequentially("a red fox in snow", delay=15)
+    # trigger_mode="always_last": however many keystrokes were skipped, the last text is rendered.
+    page.wait_for_function("() => (document.querySelector('#gradio-hud') || {}).innerText?.includes('rendered: a red fox in snow')")
+    page.wait_for_selector("#live-gradio img")
+    assert page.locator("#studio-root").count() == 0  # no WebSocket client in this mode
+    page.close()
