@@ -48,7 +48,8 @@ class Discriminator(nn.Module):
         self.conditional = conditional
         head_channels = head_channels or feature_channels
         in_channels = feature_channels * (2 if conditional else 1)
-        self.head = nn.Sequential(*[HeadBlock(in_channels if i == 0 else head_channels, head_channels) for i in range(head_blocks)])
+        widths = [in_channels] + [head_channels] * head_blocks
+        self.head = nn.Sequential(*[HeadBlock(c_in, c_out) for c_in, c_out in zip(widths, widths[1:])])
         self.to_logit = nn.Linear(head_channels, 1)
 
     @classmethod
