@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from distill.discriminator import Discriminator, group_count, renoise_timesteps
+from distill.discriminator import Discriminator, HeadBlock, group_count, renoise_timesteps
 from distill.lora import add_lora
 from distill.losses import d_loss_nonsaturating, g_loss_nonsaturating
 from distill.schedule import alphas_cumprod
@@ -109,6 +109,14 @@ def test_frozen_backbone_option_trains_only_the_head(teacher):
     logits = disc(torch.randn(1, 4, 8, 8), 249, make_cond(1), x_t=torch.randn(1, 4, 8, 8), t=499)
     logits.sum().backward()
     assert all((p.grad is not None) == p.requires_grad for p in disc.parameters())
+
+
+def test_head_block_halves_until_the_minimum_size_then_keeps_it():
+    block = HeadBlock(8, 16, min_size=4)
+    assert block(torch.randn(1, 8, 16, 16)).shape == (1, 16, 8, 8)
+    assert block(torch.randn(1, 8, 8, 8)).shape == (1, 16, 4, 4)
+    assert block(torch.randn(1, 8, 4, 4)).shape == (1, 16, 4, 4)
+    assert block(torch.randn(1, 8, 2, 2)).shape == (1, 16, 2, 2)
 
 
 def test_group_count():
