@@ -4,12 +4,15 @@
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Flags come from the command line, after any in STUDIO_ARGS (hosts such as Spaces run plain `python app.py`)."""
+    argv = shlex.split(os.environ.get("STUDIO_ARGS", "")) + list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -22,8 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=4, help="most same-variant, same-size requests per engine call")
     p.add_argument("--preview-vae", choices=("tiny", "full"), default=None,
                    help="decoder for the live stream (Compare steps always uses the full VAE)")
-    p.add_argument("--gradio-events", action="store_true",
-                   help="drive the image with Gradio events instead of the WebSocket (ZeroGPU Spaces)")
+    p.add_argument("--gradio-events", action="store_true", default=bool(os.environ.get("SPACES_ZERO_GPU")),
+                   help="drive the image with Gradio events instead of the WebSocket (default on ZeroGPU Spaces, "
+                        "where a GPU is only attached inside Gradio events)")
     p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds of silence before a client is closed")
     return p.parse_args(argv)
 

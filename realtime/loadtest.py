@@ -18,6 +18,7 @@ Reported:
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -113,7 +114,8 @@ async def run_client(index: int, args, window: dict, start_gate: asyncio.Event) 
     return log
 
 
-def summarize(logs: list[ClientLog], seconds: float) -> dict:
+def summarize(logs: list[ClientLog], started: float) -> dict:
+    """`started`: when typing began; frames/s counts every frame up to the last one (the drain included)."""
     key_to_frame, frame_latency = [], []
     for log in logs:
         frames = sorted(log.frames)
@@ -135,9 +137,11 @@ def summarize(logs: list[ClientLog], seconds: float) -> dict:
             errors[log.failed.split(":")[0]] = errors.get(log.failed.split(":")[0], 0) + 1
     sent = sum(len(log.sent_at) for log in logs)
     frames = sum(len(log.frames) for log in logs)
+    last = max((t for log in logs for _, t in log.frames), default=started)
     return {
         "clients": len(logs), "keystrokes": sent, "frames": frames,
-        "fps": round(frames / seconds, 2) if seconds else None,
+        "fps": round(frames / (last - started), 2) if last > started else None,
+        "elapsed_s": round(last - started, 1),
         "key_to_frame_ms": _pct(key_to_frame), "frame_latency_ms": _pct(frame_latency),
         "superseded": sent - frames - sum(sum(log.errors.values()) for log in logs),
         "stale_dropped": sum(log.stale_dropped for log in logs),
@@ -167,7 +171,7 @@ def markdown(result: dict) -> str:
     rows = [
         ("clients × keys/s × seconds", f"{result['clients']} × {result['rate']} × {result['seconds']}"),
         ("keystrokes sent / frames received", f"{result['keystrokes']} / {result['frames']}"),
-        ("frames/s (all clients)", result["fps"]),
+        ("frames/s (all clients, until the last frame)", f"{result['fps']} over {result['elapsed_s']} s"),
         ("keystroke→frame p50 / p95 / p99 (ms)", f"{k['p50']} / {k['p95']} / {k['p99']}"),
         ("request→own frame p50 / p95 / p99 (ms)", f"{f['p50']} / {f['p95']} / {f['p99']}"),
         ("superseded keystrokes (never rendered, by design)", result["superseded"]),
@@ -176,6 +180,7 @@ def markdown(result: dict) -> str:
         ("errors", json.dumps(result["errors"]) if result["errors"] else "0"),
         ("server RSS before → after (MiB)", f"{result.get('server_rss_mb_before')} → {result.get('server_rss_mb_after')}"),
         ("server mean batch size", result.get("server_mean_batch_size")),
+        ("machine load average (1 min) at the end", result.get("load_average_1min")),
     ]
     return "| metric | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
@@ -186,16 +191,18 @@ async def main_async(args) -> dict:
     start_gate = asyncio.Event()
     tasks = [asyncio.create_task(run_client(i, args, window, start_gate)) for i in range(args.clients)]
     await asyncio.sleep(min(5.0, 0.05 * args.clients))  # let the connections open before anyone types
-    window["stop_at"] = time.perf_counter() + args.seconds
+    started = time.perf_counter()
+    window["stop_at"] = started + args.seconds
     start_gate.set()
     logs = await asyncio.gather(*tasks)
     after = server_metrics(args.url)
-    result = summarize(logs, args.seconds)
+    result = summarize(logs, started)
     result |= {"url": args.url, "rate": args.rate, "seconds": args.seconds, "steps": args.steps, "size": args.size,
                "server_rss_mb_before": before and before.get("process_rss_mb"),
                "server_rss_mb_after": after and after.get("process_rss_mb"),
                "server_mean_batch_size": after and after.get("mean_batch_size"),
-               "server_latency_ms": after and after.get("latency_ms")}
+               "server_latency_ms": after and after.get("latency_ms"),
+               "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     return result
 
 
