@@ -84,6 +84,7 @@
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
     bitmap.close();
     lastDrawn = header.seq;
+    setState("ready"); // frames flow, so any warm-up "busy" is over
     root.dataset.frames = String(Number(root.dataset.frames || 0) + 1);
     drawnMeta = Object.assign({ width: header.width, height: header.height }, sent.get(header.seq) || {});
     canvas.dataset.seq = root.dataset.seq = String(header.seq);

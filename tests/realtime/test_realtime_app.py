@@ -1,0 +1,34 @@
+"""app.py's command line: flags, the STUDIO_ARGS variable hosts use instead, and a clear error for a bad model."""
+
+import importlib.util
+from pathlib import Path
+
+# app.py is a script at the repository root, not part of the installed packages: load it by path.
+_spec = importlib.util.spec_from_file_location("studio_app", Path(__file__).resolve().parents[2] / "app.py")
+app = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(app)
+
+
+def test_flags_and_studio_args(monkeypatch):
+    monkeypatch.setenv("STUDIO_ARGS", "--variants 1 2 --max-batch 8 --preview-vae tiny")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    args = app.parse_args(["--max-batch", "2", "--host", "0.0.0.0"])
+    assert args.variants == [1, 2] and args.preview_vae == "tiny"
+    assert args.max_batch == 2  # the command line wins over STUDIO_ARGS
+    assert (args.host, args.port) == ("0.0.0.0", 7999)
+    assert args.gradio_events is False
+
+
+def test_zerogpu_defaults_to_gradio_events(monkeypatch):
+    monkeypatch.delenv("STUDIO_ARGS", raising=False)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert app.parse_args([]).gradio_events is True
+
+
+def test_an_unknown_model_is_one_clear_line_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.delenv("STUDIO_ARGS", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert app.main(["--model", "no-such-model", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'no-such-model'" in err and "Traceback" not in err
