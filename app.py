@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     compiled = args.backend != "eager"
     config = StudioConfig(max_clients=args.max_clients, max_batch=args.max_batch, preview_vae=args.preview_vae,
                           idle_timeout_s=args.idle_timeout, gradio_events=args.gradio_events,
+                          warm=not os.environ.get("SPACES_ZERO_GPU"),
                           warm_batch_sizes=tuple(range(1, args.max_batch + 1)) if compiled else (1,))
     studio = Studio(engine, config)
     print(studio.notice, flush=True)

@@ -24,6 +24,7 @@ class StudioConfig:
     send_timeout_s: float = 20.0
     encoder_threads: int = 2
     gradio_events: bool = False
+    warm: bool = True  # False on ZeroGPU, where the GPU exists only inside @spaces.GPU calls, not on the worker
     warm_size: int | None = None  # square side to warm; None: the engine's default size
     warm_batch_sizes: tuple = (1,)  # compiled backends: every batch size the stream will use (1..max_batch)
 
@@ -44,9 +45,11 @@ class Studio:
         self.metrics = Metrics()
         self.limits = Limits(tuple(engine.steps), *engine.size_limits)
         size = config.warm_size or engine.default_size
-        vaes = [v for v in dict.fromkeys([config.preview_vae or getattr(engine, "default_vae", None) or "full", "full"])]
+        # Warm the stream's decoder and the full VAE (Compare steps uses it), at the size the UI starts with.
+        vaes = tuple(dict.fromkeys([config.preview_vae or getattr(engine, "default_vae", None) or "full", "full"]))
         self.worker = Worker(engine, config.max_batch, config.preview_vae, self.metrics,
-                             warm_sizes=((size, size),), warm_batch_sizes=config.warm_batch_sizes, warm_vaes=tuple(vaes))
+                             warm_sizes=((size, size),) if config.warm else (),
+                             warm_batch_sizes=config.warm_batch_sizes, warm_vaes=vaes)
         self.encoder_pool = ThreadPoolExecutor(config.encoder_threads, thread_name_prefix="jpeg")
         self.connected = 0  # only touched on the event loop
         self.notice = describe_model(engine)

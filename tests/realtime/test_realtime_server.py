@@ -170,6 +170,7 @@ def test_a_foreign_origin_is_refused_before_the_handshake(tiny_studio):
 
 def test_a_full_server_says_so_then_closes(tiny_studio):
     address, studio = tiny_studio
+    wait_until(lambda: studio.connected == 0, "earlier tests' connections to close")
     with ExitStack() as stack:
         for _ in range(studio.config.max_clients):
             stack.enter_context(open_client(address))

@@ -62,7 +62,7 @@ def test_blocking_jobs_run_on_the_worker_between_stream_batches():
 
 def test_not_warm_means_503_and_requests_wait_then_idle_clients_are_closed():
     gate = threading.Event()
-    studio = Studio(FakeEngine(gate), StudioConfig(idle_timeout_s=0.5, max_batch=2)).start()
+    studio = Studio(FakeEngine(gate), StudioConfig(idle_timeout_s=1.5, max_batch=2)).start()
     try:
         with serve(create_app(studio, ui=False)) as address:
             cold = httpx.get(f"http://{address}/healthz")
