@@ -6,6 +6,7 @@
   const sent = new Map(); // seq -> {at, prompt, seed, steps}: round-trip times and Snapshot metadata
   let root, canvas, hud, messageBox, config, ws;
   let seq = 0, lastDrawn = -1, drawnMeta = null, retryTimer = null, reconnectDelay = 500;
+  let dormant = false, idleClosed = false; // closed for idling or a full server: reconnect when the user acts again, not in a loop
   const drawTimes = [];
 
   function init(tries = 0) {
@@ -41,13 +42,15 @@
     ws.onmessage = (ev) => (typeof ev.data === "string" ? onText(ev.data) : onFrame(ev.data));
     ws.onclose = (ev) => {
       setState("disconnected");
-      if (ev.code === 1013 || ev.code === 1008) return; // server full / refused: retrying would not help
+      if (ev.code === 1008) return; // refused (origin): retrying cannot help
+      if (ev.code === 1013 || idleClosed) { dormant = true; return; }
       setTimeout(connect, reconnectDelay);
       reconnectDelay = Math.min(reconnectDelay * 2, 8000);
     };
   }
 
   function send() {
+    if (dormant) { dormant = idleClosed = false; connect(); return; } // onopen sends the current state
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
     seq += 1;
     sent.set(seq, { at: performance.now(), prompt: state.prompt, seed: state.seed, steps: state.steps });
@@ -64,6 +67,7 @@
       showMessage(msg.state === "server_full" || msg.state === "busy" ? msg.message : "");
     } else if (msg.type === "error") {
       showMessage(`${msg.code}: ${msg.message}`);
+      if (msg.code === "idle_timeout") idleClosed = true;
       if (msg.code === "rate_limited") { // the refused request is not queued: resend the latest once allowed
         clearTimeout(retryTimer);
         retryTimer = setTimeout(send, msg.retry_ms || 100);

@@ -123,3 +123,28 @@ def test_gradio_events_mode_renders_the_final_text(browser, gradio_events_addres
     page.wait_for_selector("#live-gradio img")
     assert page.locator("#studio-root").count() == 0  # no WebSocket client in this mode
     page.close()
+
+
+def test_an_idle_page_is_closed_then_reconnects_when_the_user_types_again(browser):
+    from realtime.server import create_app
+    from realtime.studio import Studio, StudioConfig
+    from realtime_fakes import FakeEngine, serve
+
+    studio = Studio(FakeEngine(), StudioConfig(idle_timeout_s=1.0)).start()
+    try:
+        with serve(create_app(studio)) as address:
+            page = browser.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"http://{address}/")
+            page.locator("#prompt textarea").press_sequentially("ab")
+            first = wait_for_last_frame(page)
+            page.wait_for_selector("#studio-root[data-state='disconnected']")  # the server closed it for idling
+            assert "idle_timeout" in page.locator("#studio-message").inner_text()
+            page.locator("#prompt textarea").press_sequentially("c")
+            page.wait_for_function("n => Number(document.getElementById('studio-root').dataset.sentSeq) > n",
+                                   arg=int(first["seq"]))
+            again = wait_for_last_frame(page)
+            assert int(again["seq"]) > int(first["seq"]) and again["state"] == "ready"
+            page.close()
+    finally:
+        studio.stop()
