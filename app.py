@@ -10,6 +10,13 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags come from the command line, after any in STUDIO_ARGS (hosts such as Spaces run plain `python app.py`)."""
     argv = shlex.split(os.environ.get("STUDIO_ARGS", "")) + list(sys.argv[1:] if argv is None else argv)
@@ -21,8 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", type=int, nargs="+", default=None, help="step counts to load, e.g. 1 2 4 8")
     p.add_argument("--backend", default="eager", help="eager | compile | ... (see pipelines.backends)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--max-clients", type=int, default=64)
-    p.add_argument("--max-batch", type=int, default=4, help="most same-variant, same-size requests per engine call")
+    p.add_argument("--max-clients", type=_positive, default=64)
+    p.add_argument("--max-batch", type=_positive, default=4, help="most same-variant, same-size requests per engine call")
     p.add_argument("--preview-vae", choices=("tiny", "full"), default=None,
                    help="decoder for the live stream (Compare steps always uses the full VAE)")
     p.add_argument("--gradio-events", action="store_true", default=bool(os.environ.get("SPACES_ZERO_GPU")),

@@ -86,7 +86,7 @@ class Worker:
     def queue_depth(self) -> dict:
         with self._cond:
             return {"pending": self.scheduler.pending, "in_flight": self.scheduler.in_flight,
-                    "jobs": len(self._jobs), "clients": self.scheduler.clients}
+                    "jobs": len(self._jobs), "clients": self.scheduler.clients, "superseded": self.scheduler.superseded}
 
     # --- blocking jobs (called from Gradio's handler threads, never from the event loop) ----------------------
     def run(self, requests: list, vae: str | None = None, timeout: float | None = None) -> list:

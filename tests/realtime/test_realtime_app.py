@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 # app.py is a script at the repository root, not part of the installed packages: load it by path.
 _spec = importlib.util.spec_from_file_location("studio_app", Path(__file__).resolve().parents[2] / "app.py")
 app = importlib.util.module_from_spec(_spec)
@@ -32,3 +34,11 @@ def test_an_unknown_model_is_one_clear_line_not_a_traceback(monkeypatch, capsys)
     assert app.main(["--model", "no-such-model", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'no-such-model'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--max-batch", "--max-clients"])
+def test_counts_below_one_are_refused_by_the_parser(monkeypatch, capsys, flag):
+    monkeypatch.delenv("STUDIO_ARGS", raising=False)
+    with pytest.raises(SystemExit):
+        app.parse_args([flag, "0"])
+    assert "must be at least 1" in capsys.readouterr().err

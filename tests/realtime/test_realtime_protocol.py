@@ -81,6 +81,32 @@ def test_errors_about_a_generate_carry_its_seq_so_the_client_can_match_them():
     assert body == {"type": "error", "code": "out_of_range", "message": raised.value.message, "seq": 41}
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(protocol.GENERATE_FIELDS | {"version", "x"})), json_values, max_size=8)
+       | json_values)
+def test_any_json_either_parses_or_is_refused_with_a_protocol_error(value):
+    try:
+        message = parse(json.dumps(value), LIMITS)
+    except ProtocolError as e:
+        assert e.code and e.message
+    else:
+        assert isinstance(message, (Hello, Generate))
+
+
+@given(st.text(max_size=300) | st.binary(max_size=64))
+def test_any_text_either_parses_or_is_refused_with_a_protocol_error(text):
+    try:
+        message = parse(text, LIMITS)
+    except ProtocolError as e:
+        assert e.code and e.message
+    else:
+        assert isinstance(message, (Hello, Generate))
+
+
 @given(header=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=6),
        payload=st.binary(max_size=300))
 def test_frames_round_trip(header, payload):
