@@ -92,34 +92,37 @@ def module_flops(engine, steps: int, batch: int, size: int, vae: str) -> tuple[i
 def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repeats=5, warmup=2, dtype=None, log=print) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "model": model, "results": [], "warmup_s": {}}
-    stock_ms: dict[tuple, float] = {}
-    flops: dict[tuple, tuple] = {}
+              "torch": torch.__version__, "model": model, "results": [], "warmup_s": {}, "compile_cache_loaded": {}}
+    load = dict(device=str(device), steps=steps_list, preview_vae="tiny" if "tiny" in vaes else None, dtype=dtype,
+                check_finite=model != "random-sdxl")
+
+    # The stock recipe gets its own eagerly loaded copy of the same weights: the engine's backends change modules
+    # in place (channels_last, compiled graphs) and stock diffusers upcasts its VAE in place; neither may leak.
+    stock = load_engine(model, backend="eager", **load)
+    report["dtype"] = str(stock.dtype).removeprefix("torch.")
+    report["peak_tflops"] = measured_peak_tflops(device, stock.dtype)
+    log(f"stock diffusers recipe on {report['device']} ...")
+    stock_ms = {(s, b): bench_stock(stock, s, b, size, repeats, warmup) for s in steps_list for b in batches}
+    flops = {(s, b, v): module_flops(stock, s, b, size, v) for s in steps_list for b in batches for v in vaes}
+    del stock
+    _free(device)
+
     for backend in backends:
-        engine = load_engine(model, device=str(device), steps=steps_list, backend=backend,
-                             preview_vae="tiny" if "tiny" in vaes else None, dtype=dtype, check_finite=model != "random-sdxl")
-        report.setdefault("dtype", str(engine.dtype).removeprefix("torch."))
-        if "peak_tflops" not in report:
-            report["peak_tflops"] = measured_peak_tflops(device, engine.dtype)
+        engine = load_engine(model, backend=backend, **load)
         log(f"[{backend}] warming up {len(steps_list)} variants x {len(batches)} batch sizes x {len(vaes)} decoders at {size}px ...")
         report["warmup_s"][backend] = engine.warmup([(size, size)], batches, vaes)
-        report.setdefault("compile_cache_loaded", {})[backend] = engine.compile_cache_loaded
+        report["compile_cache_loaded"][backend] = engine.compile_cache_loaded
         save_compile_cache(engine)
         for steps in steps_list:
             for batch in batches:
-                key = (steps, batch)
-                if key not in stock_ms:
-                    stock_ms[key] = bench_stock(engine, steps, batch, size, repeats, warmup)
                 for vae in vaes:
-                    if (steps, batch, vae) not in flops:
-                        flops[(steps, batch, vae)] = module_flops(engine, steps, batch, size, vae)
                     unet_flops, decode_flops = flops[(steps, batch, vae)]
                     row = bench_engine(engine, steps, batch, size, vae, repeats, warmup)
-                    denoise_s, decode_s = row["stages_ms"]["denoise"] / 1000, row["stages_ms"]["decode"] / 1000
-                    unet_tflops = unet_flops * steps / denoise_s / 1e12
-                    decode_tflops = decode_flops / decode_s / 1e12
+                    unet_tflops = unet_flops * steps / (row["stages_ms"]["denoise"] / 1000) / 1e12
+                    decode_tflops = decode_flops / (row["stages_ms"]["decode"] / 1000) / 1e12
+                    stock_row = stock_ms[(steps, batch)]
                     row.update(model=model, size=size, steps=steps, batch=batch, backend=backend, vae=vae,
-                               stock_ms=stock_ms[key], speedup=stock_ms[key] / row["engine_ms"],
+                               stock_ms=stock_row, speedup=stock_row / row["engine_ms"],
                                images_per_s=batch / row["engine_ms"] * 1000,
                                unet_tflops=unet_tflops, decode_tflops=decode_tflops,
                                unet_peak_fraction=unet_tflops / report["peak_tflops"],
@@ -127,10 +130,16 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
                                unet_tflop=unet_flops / 1e12, decode_tflop=decode_flops / 1e12)
                     report["results"].append(row)
                     log(format_row(row))
+        report.setdefault("memory", {})[backend] = engine.memory()
         del engine
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _free(device)
     return report
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 HEADER = f"{'backend':8} {'vae':4} {'steps':>5} {'batch':>5} {'stock ms':>9} {'engine ms':>9} {'speedup':>7} {'img/s':>7} {'text':>6} {'denoise':>8} {'decode':>7} {'UNet TF/s':>9} {'dec TF/s':>8}"
