@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", type=int, nargs="+", default=None, help="step counts to load, e.g. 1 2 4 8")
     p.add_argument("--backend", default="eager", help="eager | compile | ... (see pipelines.backends)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--base", default=None, help="SDXL base (hub id or folder) for lightning / lightning-lora")
+    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                   help="default: float16 on CUDA, float32 on the CPU")
     p.add_argument("--max-clients", type=_positive, default=64)
     p.add_argument("--max-batch", type=_positive, default=4, help="most same-variant, same-size requests per engine call")
     p.add_argument("--preview-vae", choices=("tiny", "full"), default=None,
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
 
     try:
         engine = load_engine(model=args.model, device=args.device, steps=args.variants, backend=args.backend,
-                             preview_vae=args.preview_vae)
+                             preview_vae=args.preview_vae, dtype=args.dtype, base=args.base)
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
