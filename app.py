@@ -26,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="tiny | random-sdxl | lightning | lightning-lora | a local folder "
                                                  "(default: lightning on CUDA, else the embedded model)")
     p.add_argument("--variants", type=int, nargs="+", default=None, help="step counts to load, e.g. 1 2 4 8")
-    p.add_argument("--backend", default="eager", help="eager | compile | ... (see pipelines.backends)")
+    p.add_argument("--backend", default="eager", choices=("eager", "compile", "tensorrt"),
+                   help="eager; compile (torch.compile, CUDA graphs on CUDA; artifacts cached on disk); tensorrt (extra)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--base", default=None, help="SDXL base (hub id or folder) for lightning / lightning-lora")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),

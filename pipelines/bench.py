@@ -17,7 +17,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from .flops import count_flops, measured_peak_tflops
 from .requests import GenerationRequest
-from .startup import load_engine, save_compile_cache
+from .startup import load_engine
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, 8k"
 _PROMPT_IDS = itertools.count()  # every timed call gets prompts never seen before: no cache hits
@@ -112,7 +112,6 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
         log(f"[{backend}] warming up {len(steps_list)} variants x {len(batches)} batch sizes x {len(vaes)} decoders at {size}px ...")
         report["warmup_s"][backend] = engine.warmup([(size, size)], batches, vaes)
         report["compile_cache_loaded"][backend] = engine.compile_cache_loaded
-        save_compile_cache(engine)
         for steps in steps_list:
             for batch in batches:
                 for vae in vaes:

@@ -67,7 +67,7 @@ class Timer:
 class Engine:
     def __init__(self, model: LoadedModel, backend: str = "eager", size_limits=(64, 2048), default_size: int = 1024,
                  notice: str | None = None, check_finite: bool = True, prompt_cache_size: int = 512, noise_cache_size: int = 64,
-                 compiler: str = "inductor"):
+                 compiler: str = "inductor", compile_cache=None, compile_cache_loaded: bool = False):
         self.model, self.backend, self.notice = model, backend, notice
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
         self.size_limits, self.default_size, self.check_finite = size_limits, default_size, check_finite
@@ -75,6 +75,8 @@ class Engine:
         self.model_name = model.spec.name
         self.prompt_cache, self.noise_cache = LRUCache(prompt_cache_size), LRUCache(noise_cache_size)
         self.warmup_seconds: float | None = None
+        # Where torch.compile's artifacts are kept between runs (None: not kept), and whether this start found them.
+        self.compile_cache, self.compile_cache_loaded = compile_cache, compile_cache_loaded
         alphas_bar = sampling.alphas_cumprod(**{k: self.pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "num_train_timesteps")})
         self.schedules = {}
         for steps in self.steps:
@@ -215,6 +217,8 @@ class Engine:
                     for vae in vaes or [self.default_vae]:
                         requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
                         self.generate(requests, vae=vae)
+        if self.compile_cache is not None:
+            backends.save_compiled_artifacts(self.compile_cache)  # the next start skips most compilation
         self.warmup_seconds = time.perf_counter() - start
         return self.warmup_seconds
 

@@ -44,15 +44,8 @@ def load_engine(model: str | None = None, device: str | None = None, steps=None,
     loaded = load_model(spec, device, torch_dtype, preview_vae == "tiny")
     key = spec.base if spec.base in BUILTIN_BASES else None
     engine = Engine(loaded, backend, size_limits=SIZE_LIMITS.get(key, (256, 2048)), default_size=DEFAULT_SIZE.get(key, 1024),
-                    notice=notice, check_finite=check_finite, compiler=compiler)
+                    notice=notice, check_finite=check_finite, compiler=compiler, compile_cache=cache, compile_cache_loaded=cache_loaded)
     if preview_vae == "tiny":
         engine.default_vae = "tiny"
-    engine.compile_cache = cache
-    engine.compile_cache_loaded = cache_loaded
     return engine
-
-
-def save_compile_cache(engine: Engine) -> bool:
-    """After warm-up, keep what torch.compile built so the next start skips it."""
-    return engine.compile_cache is not None and backends.save_compiled_artifacts(engine.compile_cache)
 
