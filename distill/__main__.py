@@ -1,0 +1,85 @@
+"""`python -m distill plan|precompute|train|export` (and `accelerate launch -m distill train --config ...`).
+
+Every command parses and checks the config first, so an impossible plan is refused before any model loads.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipelines.errors import StudioError
+
+from .config import describe, load_config
+
+EPILOG = """examples:
+  python -m distill plan distill/configs/tiny.toml
+  python -m distill precompute --config my.toml            # VAE latents + text embeddings -> safetensors shards
+  python -m distill train --config distill/configs/tiny.toml
+  python -m distill train --config my.toml --resume         # continue the exact stage, phase and step
+  accelerate launch --config_file distill/configs/accelerate_ddp.yaml -m distill train --config my.toml
+  python -m distill export --config my.toml --out exports/my-lightning
+docs: docs/distill.md"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m distill", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Progressive adversarial distillation of SDXL (SDXL-Lightning, arXiv 2402.13929).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="check a config and print the resolved stage/phase plan")
+    plan.add_argument("config", type=Path)
+
+    pre = sub.add_parser("precompute", help="cache VAE latents and text embeddings (or teacher-generated latents in prompts mode)")
+    pre.add_argument("--config", type=Path, required=True)
+    pre.add_argument("--out", type=Path, help="cache folder (default: <train.output_dir>/cache)")
+    pre.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pre.add_argument("--batch-size", type=int, default=8)
+
+    train = sub.add_parser("train", help="run the plan (resumable); launch with `accelerate launch` for several GPUs")
+    train.add_argument("--config", type=Path, required=True)
+    train.add_argument("--resume", action="store_true", help="continue from <train.output_dir>/checkpoints/latest")
+    train.add_argument("--stop-after", type=int, metavar="N",
+                       help="stop abruptly after N optimizer steps of this process, without checkpointing (simulates a kill)")
+
+    export = sub.add_parser("export", help="write each stage's UNet, LoRA files and the manifest the app loads")
+    export.add_argument("--config", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help="folder to write (load it with `--model <folder>`)")
+    export.add_argument("--stages", nargs="*", help="stage names to export (default: every finished stage)")
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "plan":
+            print(describe(config))
+        elif args.command == "precompute":
+            from . import data, train
+
+            out = args.out or Path(config.train.output_dir) / "cache"
+            index = data.precompute(config, train.load_components(config.model), out, args.device, args.batch_size)
+            print(f"cached {index['count']} samples in {len(index['shards'])} shard(s) under {out}; skipped {index['skipped']} "
+                  f"{index['skipped_reasons'] or ''}".rstrip())
+        elif args.command == "train":
+            from . import train
+
+            train.train(config, resume=args.resume, stop_after=args.stop_after)
+        elif args.command == "export":
+            from . import export
+
+            folder = export.export(config, args.out, args.stages)
+            print(f"exported to {folder}; run it with: python -m pipelines --model {folder}")
+    except StudioError as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""The distillation loop on accelerate: the plan's stages in order, each a sequence of phases.
+
+Read `train` top to bottom. A stage starts from the previous stage's student (the base UNet for the first) and
+ends by writing its student to <output_dir>/stages/<name>/. In a phase, every optimizer step draws a batch of
+cached latents, noises it to a training timestep t, lets the teacher solve n small steps to t - ns ("real") and
+the student jump there in one ("fake"), then takes a student (G) step and, in adversarial phases, a
+discriminator (D) step. Randomness is drawn from generators seeded by (seed, stage, phase, step, micro-batch, rank),
+so a resumed run draws exactly what the uninterrupted one would have.
+"""
+
+import copy
+import json
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pipelines.architectures import random_sdxl_components, tiny_components
+from pipelines.errors import WeightsUnavailable
+
+from . import checkpoint
+from .config import Config, teacher_of
+from .data import LatentCache, precompute
+from .discriminator import Discriminator, renoise_timesteps
+from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
+from .lora import add_lora, lora_state_dict_diffusers, merge_lora, teacher_context
+from .schedule import CLEAN, add_noise, alpha_sigma, student_jump, training_timesteps
+from .solver import teacher_solve, zero_uncond
+from .student import student_step
+from .x0_conversion import implied_x0
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COND_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
+
+
+def load_components(model) -> dict:
+    """unet, vae, text encoders, tokenizers, scheduler of the base model (built in code for tiny / random-sdxl)."""
+    if model.base == "tiny":
+        return tiny_components(model.seed)
+    if model.base == "random-sdxl":
+        return random_sdxl_components(model.seed)
+    try:
+        return StableDiffusionXLPipeline.from_pretrained(model.base, use_safetensors=True).components
+    except OSError as e:
+        raise WeightsUnavailable(f"cannot load the base model {model.base!r}: {str(e).splitlines()[0]}. Download it first "
+                                 f"(`huggingface-cli download {model.base}`) or point model.base at a local diffusers folder.") from None
+
+
+def stage_dir(config: Config, name: str) -> Path:
+    return Path(config.train.output_dir) / "stages" / name
+
+
+def load_unet(config: Config, source: str, components: dict) -> UNet2DConditionModel:
+    """A fresh fp32 copy of the base UNet ("base") or of a finished stage's student."""
+    if source == "base":
+        return copy.deepcopy(components["unet"]).float()
+    folder = stage_dir(config, source) / "unet"
+    if not (folder / "config.json").is_file():
+        raise checkpoint.CheckpointError(f"stage {source!r} has no saved student at {folder}; run its stage first")
+    return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+
+
+def prediction_type_of(config: Config, source: str) -> str:
+    return "epsilon" if source == "base" else next(s.prediction_type for s in config.stages if s.name == source)
+
+
+def step_seed(*parts: int) -> int:
+    """One 63-bit seed per (seed, stage, phase, step, micro-batch, rank): resumable, and distinct across ranks."""
+    return hash(tuple(parts)) & ((1 << 63) - 1)
+
+
+@contextmanager
+def frozen(module):
+    """D's weights get no gradient from the G loss (the gradient still flows through D to the student)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def line_x0(x_t, t, x_next, t_next, alphas_bar):
+    """The x0 of the single DDIM line through (x_t, t) and (x_next, t_next):
+    x0 = (sigma' x_t - sigma x') / (sigma' alpha - sigma alpha'). For the student's jump this is its own x0
+    prediction; for the teacher's n steps it is the x0 its trajectory implies. Used to re-noise both to t*."""
+    alpha, sigma = alpha_sigma(alphas_bar, t)
+    alpha_n, sigma_n = alpha_sigma(alphas_bar, t_next)
+    return (sigma_n * x_t.float() - sigma * x_next.float()) / (sigma_n * alpha - sigma * alpha_n)
+
+
+def draw_batch(data: LatentCache, stage, batch_size: int, generator, alphas_bar, device):
+    """Latents at a training timestep t (pure noise at t = 999), their conditioning, and the jump target t - ns."""
+    batch = data.batch(torch.randint(len(data), (batch_size,), generator=generator).tolist())
+    grid = training_timesteps(stage.student_steps)
+    t = grid[int(torch.randint(len(grid), (1,), generator=generator))]
+    noise = torch.randn(batch["latents"].shape, generator=generator)
+    x_t = add_noise(batch["latents"], noise, t, alphas_bar.cpu()).to(device)
+    cond = {k: batch[k].to(device) for k in COND_KEYS}
+    return x_t, t, student_jump(t, stage.teacher_steps, stage.student_steps), cond
+
+
+def training_data(config: Config, components: dict, accelerator) -> LatentCache:
+    """The latent cache; built on the main process first (other ranks wait) unless data.source is already one."""
+    folder = Path(config.data.path) if config.data.source == "cache" else Path(config.train.output_dir) / "cache"
+    if config.data.source != "cache":
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and not (folder / "index.json").is_file():
+                index = precompute(config, components, folder, accelerator.device)
+                accelerator.print(f"cached {index['count']} training samples (skipped {index['skipped']})")
+    return LatentCache(folder)
+
+
+@torch.no_grad()
+def encode_prompts(components: dict, prompts, resolution: int, device) -> dict:
+    pipe = StableDiffusionXLPipeline(**{k: components[k] for k in (
+        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
+    embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
+    return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.float()}
+
+
+def validation_inputs(config: Config, components: dict, device):
+    """Fixed (prompt, seed) pairs: conditioning and the pure-noise start latents, built once per run."""
+    prompts = [p for p in config.train.validation_prompts for _ in config.train.validation_seeds]
+    if not prompts:
+        return None
+    cond = encode_prompts(components, prompts, config.data.resolution, device)
+    size = config.data.resolution // 8
+    noise = torch.stack([torch.randn((components["unet"].config.in_channels, size, size), generator=torch.Generator().manual_seed(s))
+                         for _ in config.train.validation_prompts for s in config.train.validation_seeds]).to(device)
+    return cond, noise
+
+
+@torch.no_grad()
+def sample(unet, noise, steps: int, cond: dict, alphas_bar, prediction_type: str, guidance_scale: float = 1.0):
+    """Clean latents from pure noise in `steps` trailing steps, as the app will run the model."""
+    return teacher_solve(unet, noise, 999, CLEAN, steps, cond, alphas_bar, prediction_type, guidance_scale, zero_uncond(cond))
+
+
+@torch.no_grad()
+def decode(vae, latents) -> torch.Tensor:
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def save_validation(path: Path, teacher_images, student_images, writer, tag: str, step: int):
+    """One row per (prompt, seed): teacher | student."""
+    rows = torch.cat([torch.cat([a, b], dim=2) for a, b in zip(teacher_images, student_images)], dim=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rows.permute(1, 2, 0).numpy()).save(path)
+    if writer is not None:
+        writer.add_image(tag, rows, step)
+
+
+def train(config: Config, resume: bool = False, stop_after: int | None = None) -> list[dict]:
+    """Run the plan; returns the per-step records (also logged to tensorboard)."""
+    tc = config.train
+    out = Path(tc.output_dir)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.gradient_accumulation_steps,
+                              log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    accelerator.init_trackers("distill")
+    writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
+    device, weight_dtype = accelerator.device, DTYPES[tc.mixed_precision]
+    accelerator.print(f"distilling on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} "
+                      f"({device}, {tc.mixed_precision}), writing to {out}")
+
+    components = load_components(config.model)
+    data = training_data(config, components, accelerator)
+    validation = validation_inputs(config, components, device) if accelerator.is_main_process else None
+    for name in ("text_encoder", "text_encoder_2"):  # training never runs the encoders again
+        components[name] = None
+    vae = components["vae"].to(device)
+    alphas_bar = components["scheduler"].alphas_cumprod.to(device)
+
+    resumed = None
+    if resume and (path := checkpoint.latest(out / "checkpoints")) is not None:
+        resumed = checkpoint.load(path, config.to_dict())
+        accelerator.print(f"resuming from {path.name}: stage {resumed[2]['stage']}, phase {resumed[2]['phase']}, step {resumed[2]['step']}")
+    global_step = resumed[2]["global_step"] if resumed else 0
+    records, steps_this_process = [], 0
+
+    for i, stage in enumerate(config.stages):
+        if resumed and i < resumed[2]["stage"]:
+            continue  # finished: its student is in stages/<name>/
+        student = load_unet(config, config.stages[i - 1].name if i else "base", components).to(device)
+        if tc.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        teacher_images = None
+        if validation is not None:
+            prev = config.stages[i - 1].prediction_type if i else "epsilon"
+            latents = sample(student, validation[1], stage.teacher_steps, validation[0], alphas_bar, prev, stage.phases[0].guidance_scale)
+            teacher_images = decode(vae, latents)
+        disc, frozen_teachers = None, {}
+
+        for j, phase in enumerate(stage.phases):
+            label = f"{stage.name}/{j}_{phase.objective}_{phase.params}"
+            # Structure first (the same whether this phase trains or is being skipped over on resume).
+            if phase.params == "lora" and (j == 0 or stage.phases[j - 1].params != "lora"):
+                student.requires_grad_(False)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(step_seed(tc.seed, i, j, -1))
+                    add_lora(student, rank=tc.lora_rank)
+            if phase.params == "full" and j > 0 and stage.phases[j - 1].params == "lora":
+                student = merge_lora(student.float())
+            if phase.params == "full":
+                student.float().requires_grad_(True)
+            else:  # frozen base in the compute dtype, LoRA weights in fp32 (as diffusers' LoRA scripts do)
+                _cast(student, weight_dtype)
+                for p in student.parameters():
+                    if p.requires_grad:
+                        p.data = p.data.float()
+
+            resume_here = resumed is not None and (i, j) == (resumed[2]["stage"], resumed[2]["phase"])
+            if resumed is not None and (i, j) < (resumed[2]["stage"], resumed[2]["phase"]):
+                continue
+            source, teacher_steps = teacher_of(config, i, j)
+            teacher_prediction = prediction_type_of(config, source)
+            if phase.params == "lora" and phase.teacher == "previous":
+                teacher, teacher_ctx = student, teacher_context  # one UNet in memory: adapters off = the teacher
+            else:
+                if source not in frozen_teachers:
+                    frozen_teachers[source] = _cast(load_unet(config, source, components).to(device), weight_dtype).requires_grad_(False).eval()
+                teacher, teacher_ctx = frozen_teachers[source], lambda unet: nullcontext()
+
+            if phase.adversarial and (disc is None or stage.phases[j - 1].objective != phase.objective):
+                with torch.random.fork_rng(devices=[]):  # a fresh D (new head) whenever the objective changes
+                    torch.manual_seed(step_seed(tc.seed, i, j, -2))
+                    disc = Discriminator.from_unet(load_unet(config, source, components), conditional=phase.objective == "conditional",
+                                                   trainable_backbone=phase.trainable_backbone).to(device).float()
+            if not phase.adversarial:
+                disc = None
+
+            g_params = [p for p in student.parameters() if p.requires_grad]
+            g_opt = torch.optim.Adam(g_params, lr=phase.lr, betas=phase.betas, weight_decay=0.0)
+            d_params = [p for p in disc.parameters() if p.requires_grad] if disc is not None else []
+            d_opt = torch.optim.Adam(d_params, lr=phase.d_lr or phase.lr, betas=phase.betas, weight_decay=0.0) if disc is not None else None
+            start = 0
+            if resume_here:
+                weights, optimizers, progress = resumed
+                _load_trainable(student, weights["student"])
+                g_opt.load_state_dict(optimizers["g"])
+                if disc is not None:
+                    disc.load_state_dict(weights["discriminator"])
+                    d_opt.load_state_dict(optimizers["d"])
+                start, skipped, resumed = progress["step"], progress["skipped"], None
+            else:
+                skipped = 0
+
+            models = [accelerator.prepare(student)] + ([accelerator.prepare(disc)] if disc is not None else [])
+            g_opt = accelerator.prepare(g_opt)
+            d_opt = accelerator.prepare(d_opt) if d_opt is not None else None
+            student_model = models[0]
+            if not hasattr(student_model, "dtype"):  # the solver reads unet.dtype, which DDP wrappers do not forward
+                student_model.dtype = student.dtype
+            progress_bar = tqdm(range(start, phase.steps), desc=label, disable=not accelerator.is_local_main_process)
+
+            for step in progress_bar:
+                for micro in range(tc.gradient_accumulation_steps):
+                    generator = torch.Generator().manual_seed(step_seed(tc.seed, i, j, step, micro, accelerator.process_index))
+                    x_t, t, t_next, cond = draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device)
+                    with accelerator.accumulate(*models), accelerator.autocast():
+                        # G step: the student's one jump against the teacher's n small steps.
+                        x_fake, x0_fake = student_step(student_model, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)
+                        with teacher_ctx(teacher), torch.no_grad():
+                            if phase.objective == "x0_convert":  # same t: the x0 the epsilon teacher implies
+                                x_real = implied_x0(teacher, x_t, t, cond, alphas_bar)
+                            else:
+                                x_real = teacher_solve(teacher, x_t, t, t_next, teacher_steps, cond, alphas_bar,
+                                                       teacher_prediction, phase.guidance_scale, zero_uncond(cond))
+                        if not phase.adversarial:
+                            loss_g = mse_loss(x0_fake if phase.objective == "x0_convert" else x_fake, x_real)
+                            loss_d = real_logits = fake_logits = None
+                        else:
+                            real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
+                            given = (x_t, t) if phase.objective == "conditional" else ()
+                            with frozen(disc) as d_frozen:
+                                loss_g = g_loss_nonsaturating(d_frozen(fake_in, t_d, cond, *given))
+                        accelerator.backward(loss_g)
+                        if phase.adversarial:
+                            # D step: one forward over real and (detached) fake concatenated.
+                            both = {k: torch.cat([v, v]) for k, v in cond.items()}
+                            given2 = (torch.cat([x_t, x_t]), t) if phase.objective == "conditional" else ()
+                            logits = models[1](torch.cat([real_in, fake_in.detach()]), torch.cat([t_d, t_d]), both, *given2)
+                            real_logits, fake_logits = logits.float().chunk(2)
+                            loss_d = d_loss_nonsaturating(real_logits, fake_logits)
+                            accelerator.backward(loss_d)
+
+                        finite, norms = True, {}
+                        if accelerator.sync_gradients:
+                            finite = grads_finite(g_params) and grads_finite(d_params)
+                            if finite:
+                                norms["grad_norm_g"] = float(accelerator.clip_grad_norm_(g_params, tc.max_grad_norm))
+                                if d_params:
+                                    norms["grad_norm_d"] = float(accelerator.clip_grad_norm_(d_params, tc.max_grad_norm))
+                        if finite:
+                            g_opt.step()
+                            if d_opt is not None:
+                                d_opt.step()
+                        g_opt.zero_grad(set_to_none=True)
+                        if d_opt is not None:
+                            d_opt.zero_grad(set_to_none=True)
+                skipped += not finite
+
+                global_step += 1
+                record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "loss_g": loss_g.item(),
+                          "lr": phase.lr, "skipped_steps": skipped, **norms}
+                if loss_d is not None:
+                    record.update(loss_d=loss_d.item(), d_acc_real=float((real_logits > 0).float().mean()),
+                                  d_acc_fake=float((fake_logits < 0).float().mean()))
+                records.append(record)
+                if global_step % tc.log_every == 0 or step + 1 == phase.steps:
+                    accelerator.log({f"{label}/{k}": v for k, v in record.items() if k not in ("stage", "phase", "step", "global_step")}, step=global_step)
+                progress_bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")})
+
+                steps_this_process += 1
+                if stop_after is not None and steps_this_process >= stop_after:
+                    accelerator.end_training()
+                    return records  # as if killed here: nothing more is written
+                if (step + 1) % tc.checkpoint_every == 0 or step + 1 == phase.steps:
+                    _save_checkpoint(accelerator, config, student, disc, g_opt, d_opt,
+                                     {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "skipped": skipped})
+
+            student = accelerator.unwrap_model(student_model)
+            if disc is not None:
+                disc = accelerator.unwrap_model(models[1])
+            accelerator.free_memory()  # drop the accelerator's references to this phase's wrappers and optimizers
+            if accelerator.is_main_process:
+                if phase.params == "lora" and (j + 1 == len(stage.phases) or stage.phases[j + 1].params != "lora"):
+                    _save_lora(stage_dir(config, stage.name), student, tc.lora_rank)
+                if validation is not None:
+                    latents = sample(student, validation[1], stage.student_steps, validation[0], alphas_bar, stage.prediction_type)
+                    save_validation(out / "validation" / f"{stage.name}_{j}_{phase.objective}_{phase.params}.png",
+                                    teacher_images, decode(vae, latents), writer, f"{label}/teacher|student", global_step)
+            accelerator.wait_for_everyone()
+
+        if stage.phases[-1].params == "lora":
+            student = merge_lora(student.float())
+        if accelerator.is_main_process:
+            _save_stage(config, i, student.float())
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return records
+
+
+def _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator):
+    """D sees x_{t-ns} at t - ns, or (re-noise) both samples' x0 noised again to t* with shared noise."""
+    batch = x_t.shape[0]
+    if not phase.renoise_weights:
+        return x_real, x_fake, torch.full((batch,), t_next, device=x_t.device)
+    t_star = renoise_timesteps(batch, weights=phase.renoise_weights, generator=generator).to(x_t.device)
+    noise = torch.randn(x_t.shape, generator=generator).to(x_t.device)
+    real0 = line_x0(x_t, t, x_real, t_next, alphas_bar)
+    fake0 = line_x0(x_t, t, x_fake, t_next, alphas_bar)
+    return add_noise(real0, noise, t_star, alphas_bar), add_noise(fake0, noise, t_star, alphas_bar), t_star
+
+
+def _cast(module, dtype):
+    """module.to(dtype) only when needed: diffusers warns on every cast of a UNet, even a no-op one."""
+    if any(p.dtype != dtype for p in module.parameters()):
+        module.to(dtype)
+    return module
+
+
+def _trainable(module) -> dict:
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(module, weights: dict):
+    expected = set(_trainable(module))
+    if set(weights) != expected:
+        raise checkpoint.CheckpointError(f"checkpoint weights do not match this phase's trainable parameters "
+                                         f"({len(set(weights) - expected)} unexpected, {len(expected - set(weights))} missing)")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def _save_checkpoint(accelerator, config, student, disc, g_opt, d_opt, progress):
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        weights = {"student": _trainable(accelerator.unwrap_model(student))}
+        optimizers = {"g": g_opt.state_dict()}
+        if disc is not None:
+            weights["discriminator"] = accelerator.unwrap_model(disc).state_dict()
+            optimizers["d"] = d_opt.state_dict()
+        checkpoint.save(Path(config.train.output_dir) / "checkpoints", progress["global_step"], weights, optimizers, progress,
+                        config.to_dict(), config.train.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _save_lora(folder: Path, student, rank: int):
+    """The LoRA of a stage's last LoRA phase (relative to the stage's starting UNet), diffusers keys, no prefix."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".tmp-lora.safetensors"
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in lora_state_dict_diffusers(student).items()}, tmp,
+              metadata={"rank": str(rank)})
+    tmp.replace(folder / "lora.safetensors")
+
+
+def _save_stage(config: Config, index: int, student):
+    stage = config.stages[index]
+    folder = stage_dir(config, stage.name)
+    with checkpoint.atomic_dir(folder / "unet") as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+    info = {"name": stage.name, "teacher_steps": stage.teacher_steps, "student_steps": stage.student_steps,
+            "prediction_type": stage.prediction_type, "base_model": config.model.base,
+            "lora_file": "lora.safetensors" if (folder / "lora.safetensors").is_file() else None,
+            "lora_rank": config.train.lora_rank}
+    checkpoint.atomic_write_text(folder / "stage.json", json.dumps(info, indent=1))
