@@ -1,0 +1,73 @@
+"""Export a training run for the app and for other tools.
+
+For every finished stage: its student as a diffusers UNet folder (what the manifest points at), and, when the stage
+trained a LoRA, that LoRA in diffusers format (`StableDiffusionXLPipeline.load_lora_weights`) and kohya/ComfyUI
+format. A LoRA is relative to the UNet its stage started from (the previous stage's student; the base model for the
+first stage), because each stage's LoRA is merged before the next stage trains; the full UNet folders need no base.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors.torch import load_file, save_file
+
+from pipelines.errors import StudioError
+from pipelines.variants import Variant, write_manifest
+
+from .checkpoint import atomic_dir
+from .config import Config
+from .train import stage_dir
+
+DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
+
+
+def to_kohya(state_dict: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """`down_blocks.1.attentions.0.proj_in.lora_A.weight` -> `lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight`
+    (lora_B -> lora_up) plus one `.alpha` per module; kohya scales by alpha / rank, PEFT by lora_alpha / r."""
+    out = {}
+    for key, value in state_dict.items():
+        module, kind = key.rsplit(".lora_", 1)  # kind: "A.weight" / "B.weight"
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def export(config: Config, out, stages=None) -> Path:
+    """Write every finished stage (or the named ones) and the manifest under `out`; returns the folder."""
+    out = Path(out)
+    finished = [s for s in config.stages if (stage_dir(config, s.name) / "stage.json").is_file()]
+    if stages:
+        unknown = sorted(set(stages) - {s.name for s in config.stages})
+        if unknown:
+            raise StudioError(f"unknown stage(s) {unknown}; the plan has {[s.name for s in config.stages]}")
+        unfinished = sorted(set(stages) - {s.name for s in finished})
+        if unfinished:
+            raise StudioError(f"stage(s) {unfinished} have not finished training in {config.train.output_dir}")
+        finished = [s for s in finished if s.name in stages]
+    if not finished:
+        raise StudioError(f"no finished stage under {Path(config.train.output_dir) / 'stages'}; train first")
+
+    variants, loras = [], {}
+    with atomic_dir(out) as tmp:
+        for stage in finished:
+            source = stage_dir(config, stage.name)
+            info = json.loads((source / "stage.json").read_text())
+            shutil.copytree(source / "unet", tmp / stage.name / "unet")
+            variants.append(Variant(stage.student_steps, stage.prediction_type, unet_dir=f"{stage.name}/unet", source_stage=stage.name))
+            if info["lora_file"]:
+                lora = load_file(source / info["lora_file"])
+                StableDiffusionXLPipeline.save_lora_weights(tmp / stage.name / "lora", unet_lora_layers=lora, weight_name=DIFFUSERS_LORA)
+                save_file(to_kohya(lora, info["lora_rank"]), tmp / stage.name / "lora" / f"{stage.name}_kohya.safetensors")
+                previous = config.stages[config.stages.index(stage) - 1].name if config.stages.index(stage) else "base"
+                loras[stage.name] = {"diffusers": f"{stage.name}/lora/{DIFFUSERS_LORA}",
+                                     "kohya": f"{stage.name}/lora/{stage.name}_kohya.safetensors", "applies_to": previous}
+        base = config.model.base
+        if Path(base).exists():  # a local base folder: record where it is, not where the run happened to start
+            base = str(Path(base).resolve())
+        write_manifest(tmp, base, variants, scheduler={"name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"},
+                       loras=loras, distilled_with=config.path or "inline config")
+    return out
