@@ -10,7 +10,9 @@ so a resumed run draws exactly what the uninterrupted one would have.
 
 import copy
 import json
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -159,6 +161,89 @@ def save_validation(path: Path, teacher_images, student_images, writer, tag: str
         writer.add_image(tag, rows, step)
 
 
+@dataclass
+class PhaseModels:
+    """What one phase trains and learns from. `disc` is the plain D module (the G loss runs it frozen, outside
+    any DDP wrapper); `disc_model` is the prepared one its own step runs."""
+
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    teacher_ctx: Callable
+    teacher_steps: int
+    teacher_prediction: str
+    disc: torch.nn.Module | None = None
+    disc_model: torch.nn.Module | None = None
+
+
+def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: int):
+    """Give the student phase j's structure: a LoRA at a stage's first LoRA phase, merged (fp32) at the first full
+    phase after it; trainable weights in fp32, a LoRA phase's frozen base in the compute dtype."""
+    phase = stage.phases[j]
+    if phase.params == "lora" and (j == 0 or stage.phases[j - 1].params != "lora"):
+        with torch.random.fork_rng(devices=[]):  # LoRA A's init must not depend on what ran before (resume)
+            torch.manual_seed(seed)
+            add_lora(student, rank=lora_rank)
+    if phase.params == "full" and j > 0 and stage.phases[j - 1].params == "lora":
+        student = merge_lora(student.float())
+    if phase.params == "full":
+        return student.float().requires_grad_(True)
+    _cast(student, weight_dtype)
+    for p in student.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return student
+
+
+def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, alphas_bar, generator):
+    """One micro-batch, both losses backpropagated: G = MSE to the teacher (or to its x0, converting to x0) or the
+    non-saturating GAN loss; then, in adversarial phases, D on real and fake. -> (loss_g, loss_d, real, fake logits)."""
+    with accelerator.autocast():
+        # G step: the student's one jump against the teacher's n small steps.
+        x_fake, x0_fake = student_step(m.student, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)
+        with m.teacher_ctx(m.teacher), torch.no_grad():
+            if phase.objective == "x0_convert":  # same t: the x0 the epsilon teacher implies
+                x_real = implied_x0(m.teacher, x_t, t, cond, alphas_bar)
+            else:
+                x_real = teacher_solve(m.teacher, x_t, t, t_next, m.teacher_steps, cond, alphas_bar,
+                                       m.teacher_prediction, phase.guidance_scale, zero_uncond(cond))
+        if not phase.adversarial:
+            loss_g = mse_loss(x0_fake if phase.objective == "x0_convert" else x_fake, x_real)
+            accelerator.backward(loss_g)
+            return loss_g, None, None, None
+        real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
+        given = (x_t, t) if phase.objective == "conditional" else ()
+        with frozen(m.disc) as d_frozen:
+            loss_g = g_loss_nonsaturating(d_frozen(fake_in, t_d, cond, *given))
+    accelerator.backward(loss_g)
+    with accelerator.autocast():
+        # D step: one forward over real and (detached) fake concatenated.
+        both = {k: torch.cat([v, v]) for k, v in cond.items()}
+        given = (torch.cat([x_t, x_t]), t) if phase.objective == "conditional" else ()
+        logits = m.disc_model(torch.cat([real_in, fake_in.detach()]), torch.cat([t_d, t_d]), both, *given)
+        real_logits, fake_logits = logits.float().chunk(2)
+        loss_d = d_loss_nonsaturating(real_logits, fake_logits)
+    accelerator.backward(loss_d)
+    return loss_g, loss_d, real_logits, fake_logits
+
+
+def optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, max_grad_norm: float) -> tuple[bool, dict]:
+    """Clip and step both optimizers on the accumulation boundary, unless a gradient is NaN/Inf (then skip).
+    Off the boundary accelerate's optimizers ignore step/zero_grad, so this is safe to call every micro-batch."""
+    finite, norms = True, {}
+    if accelerator.sync_gradients:
+        finite = grads_finite(g_params) and grads_finite(d_params)
+        if finite:
+            norms["grad_norm_g"] = float(accelerator.clip_grad_norm_(g_params, max_grad_norm))
+            if d_params:
+                norms["grad_norm_d"] = float(accelerator.clip_grad_norm_(d_params, max_grad_norm))
+    for opt in (g_opt, d_opt):
+        if opt is not None:
+            if finite:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+    return finite, norms
+
+
 def train(config: Config, resume: bool = False, stop_after: int | None = None) -> list[dict]:
     """Run the plan; returns the per-step records (also logged to tensorboard)."""
     tc = config.train
@@ -202,20 +287,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
         for j, phase in enumerate(stage.phases):
             label = f"{stage.name}/{j}_{phase.objective}_{phase.params}"
             # Structure first (the same whether this phase trains or is being skipped over on resume).
-            if phase.params == "lora" and (j == 0 or stage.phases[j - 1].params != "lora"):
-                student.requires_grad_(False)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(step_seed(tc.seed, i, j, -1))
-                    add_lora(student, rank=tc.lora_rank)
-            if phase.params == "full" and j > 0 and stage.phases[j - 1].params == "lora":
-                student = merge_lora(student.float())
-            if phase.params == "full":
-                student.float().requires_grad_(True)
-            else:  # frozen base in the compute dtype, LoRA weights in fp32 (as diffusers' LoRA scripts do)
-                _cast(student, weight_dtype)
-                for p in student.parameters():
-                    if p.requires_grad:
-                        p.data = p.data.float()
+            student = shape_student(student, stage, j, tc.lora_rank, weight_dtype, step_seed(tc.seed, i, j, -1))
 
             resume_here = resumed is not None and (i, j) == (resumed[2]["stage"], resumed[2]["phase"])
             if resumed is not None and (i, j) < (resumed[2]["stage"], resumed[2]["phase"]):
@@ -259,53 +331,18 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             student_model = models[0]
             if not hasattr(student_model, "dtype"):  # the solver reads unet.dtype, which DDP wrappers do not forward
                 student_model.dtype = student.dtype
+            m = PhaseModels(student_model, teacher, teacher_ctx, teacher_steps, teacher_prediction, disc,
+                            models[1] if disc is not None else None)
             progress_bar = tqdm(range(start, phase.steps), desc=label, disable=not accelerator.is_local_main_process)
 
             for step in progress_bar:
                 for micro in range(tc.gradient_accumulation_steps):
                     generator = torch.Generator().manual_seed(step_seed(tc.seed, i, j, step, micro, accelerator.process_index))
                     x_t, t, t_next, cond = draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device)
-                    with accelerator.accumulate(*models), accelerator.autocast():
-                        # G step: the student's one jump against the teacher's n small steps.
-                        x_fake, x0_fake = student_step(student_model, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)
-                        with teacher_ctx(teacher), torch.no_grad():
-                            if phase.objective == "x0_convert":  # same t: the x0 the epsilon teacher implies
-                                x_real = implied_x0(teacher, x_t, t, cond, alphas_bar)
-                            else:
-                                x_real = teacher_solve(teacher, x_t, t, t_next, teacher_steps, cond, alphas_bar,
-                                                       teacher_prediction, phase.guidance_scale, zero_uncond(cond))
-                        if not phase.adversarial:
-                            loss_g = mse_loss(x0_fake if phase.objective == "x0_convert" else x_fake, x_real)
-                            loss_d = real_logits = fake_logits = None
-                        else:
-                            real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
-                            given = (x_t, t) if phase.objective == "conditional" else ()
-                            with frozen(disc) as d_frozen:
-                                loss_g = g_loss_nonsaturating(d_frozen(fake_in, t_d, cond, *given))
-                        accelerator.backward(loss_g)
-                        if phase.adversarial:
-                            # D step: one forward over real and (detached) fake concatenated.
-                            both = {k: torch.cat([v, v]) for k, v in cond.items()}
-                            given2 = (torch.cat([x_t, x_t]), t) if phase.objective == "conditional" else ()
-                            logits = models[1](torch.cat([real_in, fake_in.detach()]), torch.cat([t_d, t_d]), both, *given2)
-                            real_logits, fake_logits = logits.float().chunk(2)
-                            loss_d = d_loss_nonsaturating(real_logits, fake_logits)
-                            accelerator.backward(loss_d)
-
-                        finite, norms = True, {}
-                        if accelerator.sync_gradients:
-                            finite = grads_finite(g_params) and grads_finite(d_params)
-                            if finite:
-                                norms["grad_norm_g"] = float(accelerator.clip_grad_norm_(g_params, tc.max_grad_norm))
-                                if d_params:
-                                    norms["grad_norm_d"] = float(accelerator.clip_grad_norm_(d_params, tc.max_grad_norm))
-                        if finite:
-                            g_opt.step()
-                            if d_opt is not None:
-                                d_opt.step()
-                        g_opt.zero_grad(set_to_none=True)
-                        if d_opt is not None:
-                            d_opt.zero_grad(set_to_none=True)
+                    with accelerator.accumulate(*models):
+                        loss_g, loss_d, real_logits, fake_logits = distill_step(
+                            accelerator, stage, phase, m, x_t, t, t_next, cond, alphas_bar, generator)
+                        finite, norms = optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, tc.max_grad_norm)
                 skipped += not finite
 
                 global_step += 1

@@ -199,3 +199,24 @@ def test_a_short_run_brings_the_one_step_student_closer_to_the_teacher(tmp_path)
     after = one_step_gap(student, teacher, cond, noise, alphas_bar)
     # ~0.55x here after 60 steps; 0.75 leaves room for other BLAS/CPU rounding without letting "no learning" pass.
     assert after < 0.75 * before, (before, after)
+
+
+def test_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, monkeypatch):
+    stages = [{"name": "2step", "teacher_steps": 4, "student_steps": 2,
+               "phases": [{"objective": "mse", "params": "full", "steps": 3, "lr": 1e-3, "betas": [0.9, 0.999]}]}]
+    config = parse_config(plan(tmp_path, stages, gradient_accumulation_steps=2, checkpoint_every=1000))
+    calls = {"n": 0}
+    real_mse = distill_train.mse_loss
+
+    def poisoned_on_second_step(a, b):
+        calls["n"] += 1
+        loss = real_mse(a, b)
+        return loss * float("nan") if calls["n"] in (3, 4) else loss  # micro-batches 3 and 4 = optimizer step 2
+
+    monkeypatch.setattr(distill_train, "mse_loss", poisoned_on_second_step)
+    records = distill_train.train(config)
+    assert calls["n"] == 6  # 3 optimizer steps x 2 accumulated micro-batches
+    assert [r["skipped_steps"] for r in records] == [0, 1, 1]
+    assert "grad_norm_g" in records[0] and "grad_norm_g" not in records[1]  # no clipping/step on the poisoned one
+    student = stage_unet(tmp_path / "run", "2step")
+    assert all(torch.isfinite(v).all() for v in student.values())
