@@ -11,11 +11,12 @@ so a resumed run draws exactly what the uninterrupted one would have.
 import copy
 import json
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
@@ -74,18 +75,6 @@ def prediction_type_of(config: Config, source: str) -> str:
 def step_seed(*parts: int) -> int:
     """One 63-bit seed per (seed, stage, phase, step, micro-batch, rank): resumable, and distinct across ranks."""
     return hash(tuple(parts)) & ((1 << 63) - 1)
-
-
-@contextmanager
-def frozen(module):
-    """D's weights get no gradient from the G loss (the gradient still flows through D to the student)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 def line_x0(x_t, t, x_next, t_next, alphas_bar):
@@ -163,8 +152,8 @@ def save_validation(path: Path, teacher_images, student_images, writer, tag: str
 
 @dataclass
 class PhaseModels:
-    """What one phase trains and learns from. `disc` is the plain D module (the G loss runs it frozen, outside
-    any DDP wrapper); `disc_model` is the prepared one its own step runs."""
+    """What one phase trains and learns from. `disc` is the plain D module (the G loss runs it outside any DDP
+    wrapper, so D's gradient sync is not involved); `disc_model` is the prepared one its own step runs."""
 
     student: torch.nn.Module
     teacher: torch.nn.Module
@@ -187,7 +176,7 @@ def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: in
         student = merge_lora(student.float())
     if phase.params == "full":
         return student.float().requires_grad_(True)
-    _cast(student, weight_dtype)
+    cast_to(student, weight_dtype)
     for p in student.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -212,9 +201,10 @@ def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond
             return loss_g, None, None, None
         real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
         given = (x_t, t) if phase.objective == "conditional" else ()
-        with frozen(m.disc) as d_frozen:
-            loss_g = g_loss_nonsaturating(d_frozen(fake_in, t_d, cond, *given))
-    accelerator.backward(loss_g)
+        loss_g = g_loss_nonsaturating(m.disc(fake_in, t_d, cond, *given))
+    # Only the student's weights take the G gradient; it still flows through D to reach them. (Restricting the
+    # backward, rather than toggling D's requires_grad, keeps checkpointed D blocks' recomputation identical.)
+    accelerator.backward(loss_g, inputs=[p for p in m.student.parameters() if p.requires_grad])
     with accelerator.autocast():
         # D step: one forward over real and (detached) fake concatenated.
         both = {k: torch.cat([v, v]) for k, v in cond.items()}
@@ -298,7 +288,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                 teacher, teacher_ctx = student, teacher_context  # one UNet in memory: adapters off = the teacher
             else:
                 if source not in frozen_teachers:
-                    frozen_teachers[source] = _cast(load_unet(config, source, components).to(device), weight_dtype).requires_grad_(False).eval()
+                    frozen_teachers[source] = cast_to(load_unet(config, source, components).to(device), weight_dtype).requires_grad_(False).eval()
                 teacher, teacher_ctx = frozen_teachers[source], lambda unet: nullcontext()
 
             if phase.adversarial and (disc is None or stage.phases[j - 1].objective != phase.objective):
@@ -306,6 +296,8 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                     torch.manual_seed(step_seed(tc.seed, i, j, -2))
                     disc = Discriminator.from_unet(load_unet(config, source, components), conditional=phase.objective == "conditional",
                                                    trainable_backbone=phase.trainable_backbone).to(device).float()
+                if tc.gradient_checkpointing:
+                    checkpoint_blocks(disc)
             if not phase.adversarial:
                 disc = None
 
@@ -398,7 +390,20 @@ def _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, gen
     return add_noise(real0, noise, t_star, alphas_bar), add_noise(fake0, noise, t_star, alphas_bar), t_star
 
 
-def _cast(module, dtype):
+def _checkpointed_call(module, *args):
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+
+
+def checkpoint_blocks(module):
+    """Gradient checkpointing for every diffusers block inside `module` (the discriminator's UNet backbone is not a
+    ModelMixin, so it has no enable_gradient_checkpointing of its own)."""
+    for block in module.modules():
+        if hasattr(block, "gradient_checkpointing"):
+            block._gradient_checkpointing_func, block.gradient_checkpointing = _checkpointed_call, True
+    return module
+
+
+def cast_to(module, dtype):
     """module.to(dtype) only when needed: diffusers warns on every cast of a UNet, even a no-op one."""
     if any(p.dtype != dtype for p in module.parameters()):
         module.to(dtype)
