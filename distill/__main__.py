@@ -76,7 +76,7 @@ def main(argv=None):
             from . import export
 
             folder = export.export(config, args.out, args.stages)
-            print(f"exported to {folder}; run it with: python -m pipelines --model {folder}")
+            print(f"exported to {folder}; try it: python -m pipelines generate --model {folder} --steps N \"a prompt\" (or python app.py --model {folder})")
     except StudioError as e:
         parser.exit(2, f"error: {e}\n")
 

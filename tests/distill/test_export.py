@@ -114,7 +114,7 @@ def test_export_cli_and_refusals(run, tmp_path, capsys):
     text = (ROOT / "distill" / "configs" / "tiny.toml").read_text()
     config_file.write_text(text.replace('output_dir = "runs/tiny"', f'output_dir = "{config.train.output_dir}"'))
     cli.main(["export", "--config", str(config_file), "--out", str(tmp_path / "only2"), "--stages", "2step"])
-    assert "python -m pipelines --model" in capsys.readouterr().out
+    assert "python -m pipelines generate --model" in capsys.readouterr().out
     assert [v.steps for v in read_manifest(tmp_path / "only2").variants] == [2]
     with pytest.raises(SystemExit):
         cli.main(["export", "--config", str(config_file), "--out", str(tmp_path / "x"), "--stages", "1step"])
