@@ -176,10 +176,8 @@ def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: in
         student = merge_lora(student.float())
     if phase.params == "full":
         return student.float().requires_grad_(True)
-    cast_to(student, weight_dtype)
-    for p in student.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+    for p in student.parameters():  # per parameter, so the LoRA weights never pass through the compute dtype
+        p.data = p.data.float() if p.requires_grad else p.data.to(weight_dtype)
     return student
 
 

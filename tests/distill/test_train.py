@@ -220,3 +220,25 @@ def test_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, monke
     assert "grad_norm_g" in records[0] and "grad_norm_g" not in records[1]  # no clipping/step on the poisoned one
     student = stage_unet(tmp_path / "run", "2step")
     assert all(torch.isfinite(v).all() for v in student.values())
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state; a run with another mixed precision needs it cleared (and after)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_mixed_precision_with_accumulation(tmp_path, fresh_accelerator_state):
+    stages = [{**SHORT[0], "phases": [dict(p, steps=1) for p in SHORT[0]["phases"]]}]
+    config = parse_config(plan(tmp_path, stages, mixed_precision="bf16", gradient_accumulation_steps=2, checkpoint_every=1000))
+    records = distill_train.train(config)
+    assert len(records) == 3 and all(math.isfinite(r["loss_g"]) and math.isfinite(r["loss_d"]) for r in records)
+    assert all(r["skipped_steps"] == 0 and r["grad_norm_g"] > 0 for r in records)
+    saved = stage_unet(tmp_path / "run", "4step")
+    assert {v.dtype for v in saved.values()} == {torch.float32}  # the merged student is saved in full precision
+    base = tiny_components(0)["unet"].state_dict()
+    assert differs({k: v.float() for k, v in base.items()}, saved)
