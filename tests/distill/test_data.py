@@ -109,3 +109,34 @@ def test_folder_without_usable_samples_is_an_error(tmp_path, components):
     with pytest.raises(DataError, match="no usable samples"):
         precompute(config("folder", tmp_path / "empty"), components, tmp_path / "cache")
     assert list(folder_samples(tmp_path / "empty", Skipped(), "skip")) == []
+
+
+def test_precompute_cli_reports_counts(tmp_path, capsys):
+    from distill import __main__ as cli
+
+    folder = make_folder(tmp_path / "images")
+    config_file = tmp_path / "plan.toml"
+    config_file.write_text(f"""
+[data]
+source = "folder"
+path = "{folder}"
+resolution = 32
+[model]
+base = "tiny"
+[train]
+output_dir = "{tmp_path / 'run'}"
+mixed_precision = "no"
+[[stages]]
+name = "s"
+teacher_steps = 4
+student_steps = 2
+  [[stages.phases]]
+  objective = "mse"
+  params = "full"
+  steps = 1
+  lr = 1e-4
+""")
+    cli.main(["precompute", "--config", str(config_file), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert f"cached 2 samples in 1 shard(s) under {tmp_path / 'run' / 'cache'}; skipped 2" in out
+    assert len(LatentCache(tmp_path / "run" / "cache")) == 2
