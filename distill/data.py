@@ -14,6 +14,7 @@ from glob import glob
 from pathlib import Path
 
 import torch
+from diffusers import StableDiffusionXLPipeline
 from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -21,6 +22,8 @@ from safetensors.torch import save_file
 from pipelines.errors import StudioError
 
 from .checkpoint import atomic_write_text
+from .schedule import CLEAN
+from .solver import teacher_solve, zero_uncond
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 INDEX = "index.json"
@@ -137,10 +140,6 @@ def read_prompts(d) -> list[str]:
 @torch.no_grad()
 def precompute(config, components: dict, out: Path, device="cpu", batch_size: int = 8) -> dict:
     """Encode every sample once into safetensors shards under `out`; returns the index (counts, skipped)."""
-    from diffusers import StableDiffusionXLPipeline
-
-    from .solver import teacher_solve
-
     d = config.data
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,13 +171,13 @@ def precompute(config, components: dict, out: Path, device="cpu", batch_size: in
         else:
             batch.append((sample, None, (d.resolution, d.resolution, 0, 0)))
         if len(batch) == batch_size:
-            buffer.append(_encode(pipe, batch, d, alphas_bar, generator, device, teacher_solve))
+            buffer.append(_encode(pipe, batch, d, alphas_bar, generator, device))
             batch = []
         if sum(len(b["captions"]) for b in buffer) >= d.shard_size:
             total += sum(len(b["captions"]) for b in buffer)
             flush()
     if batch:
-        buffer.append(_encode(pipe, batch, d, alphas_bar, generator, device, teacher_solve))
+        buffer.append(_encode(pipe, batch, d, alphas_bar, generator, device))
     if buffer:
         total += sum(len(b["captions"]) for b in buffer)
         flush()
@@ -190,7 +189,7 @@ def precompute(config, components: dict, out: Path, device="cpu", batch_size: in
     return index
 
 
-def _encode(pipe, batch, d, alphas_bar, generator, device, teacher_solve) -> dict:
+def _encode(pipe, batch, d, alphas_bar, generator, device) -> dict:
     captions = [s.caption for s, _, _ in batch]
     embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
     time_ids = torch.tensor([[*micro, d.resolution, d.resolution] for _, _, micro in batch], dtype=torch.float32, device=device)
@@ -201,9 +200,8 @@ def _encode(pipe, batch, d, alphas_bar, generator, device, teacher_solve) -> dic
     else:
         size = d.resolution // pipe.vae_scale_factor
         noise = torch.randn((len(batch), pipe.unet.config.in_channels, size, size), generator=generator, device=device)
-        uncond = {**cond, "encoder_hidden_states": torch.zeros_like(embeds), "text_embeds": torch.zeros_like(pooled)}
-        latents = teacher_solve(pipe.unet, noise, 999, -1, d.generate_steps, cond, alphas_bar,
-                                guidance_scale=d.generate_guidance, uncond=uncond)
+        latents = teacher_solve(pipe.unet, noise, 999, CLEAN, d.generate_steps, cond, alphas_bar,
+                                guidance_scale=d.generate_guidance, uncond=zero_uncond(cond))
     return {"latents": latents.float(), "encoder_hidden_states": embeds.float(), "text_embeds": pooled.float(),
             "time_ids": time_ids, "captions": captions}
 
