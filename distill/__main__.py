@@ -30,19 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", type=Path)
 
     pre = sub.add_parser("precompute", help="cache VAE latents and text embeddings (or teacher-generated latents in prompts mode)")
-    pre.add_argument("--config", type=Path, required=True)
+    pre.add_argument("--config", type=Path, required=True, help="the plan; its [data] table says what to cache")
     pre.add_argument("--out", type=Path, help="cache folder (default: <train.output_dir>/cache)")
     pre.add_argument("--device", default="cuda" if _cuda() else "cpu")
     pre.add_argument("--batch-size", type=int, default=8)
 
     train = sub.add_parser("train", help="run the plan (resumable); launch with `accelerate launch` for several GPUs")
-    train.add_argument("--config", type=Path, required=True)
+    train.add_argument("--config", type=Path, required=True, help="the plan (TOML; see docs/distill.md)")
     train.add_argument("--resume", action="store_true", help="continue from <train.output_dir>/checkpoints/latest")
     train.add_argument("--stop-after", type=int, metavar="N",
                        help="stop abruptly after N optimizer steps of this process, without checkpointing (simulates a kill)")
 
     export = sub.add_parser("export", help="write each stage's UNet, LoRA files and the manifest the app loads")
-    export.add_argument("--config", type=Path, required=True)
+    export.add_argument("--config", type=Path, required=True, help="the plan that was trained (finds its output_dir)")
     export.add_argument("--out", type=Path, required=True, help="folder to write (load it with `--model <folder>`)")
     export.add_argument("--stages", nargs="*", help="stage names to export (default: every finished stage)")
     return parser

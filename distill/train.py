@@ -112,6 +112,7 @@ def training_data(config: Config, components: dict, accelerator) -> LatentCache:
 def encode_prompts(components: dict, prompts, resolution: int, device) -> dict:
     pipe = StableDiffusionXLPipeline(**{k: components[k] for k in (
         "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
+    pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
     embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
     return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.float()}
@@ -249,6 +250,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     validation = validation_inputs(config, components, device) if accelerator.is_main_process else None
     for name in ("text_encoder", "text_encoder_2"):  # training never runs the encoders again
         components[name] = None
+    components["unet"].to("cpu")  # the base is only copied from (stage 0's student, its teacher): keep it off the GPU
     vae = components["vae"].to(device)
     alphas_bar = components["scheduler"].alphas_cumprod.to(device)
 
