@@ -7,6 +7,7 @@ first stage), because each stage's LoRA is merged before the next stage trains; 
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,14 @@ from .config import Config
 from .train import stage_dir
 
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
+
+
+def _link_or_copy(src, dst):
+    """Hard-link the 5 GB SDXL weight files when the export is on the run's filesystem; copy otherwise."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def to_kohya(state_dict: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -56,7 +65,7 @@ def export(config: Config, out, stages=None) -> Path:
         for stage in finished:
             source = stage_dir(config, stage.name)
             info = json.loads((source / "stage.json").read_text())
-            shutil.copytree(source / "unet", tmp / stage.name / "unet")
+            shutil.copytree(source / "unet", tmp / stage.name / "unet", copy_function=_link_or_copy)
             variants.append(Variant(stage.student_steps, stage.prediction_type, unet_dir=f"{stage.name}/unet", source_stage=stage.name))
             if info["lora_file"]:
                 lora = load_file(source / info["lora_file"])
