@@ -341,7 +341,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                 record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "loss_g": loss_g.item(),
                           "lr": phase.lr, "skipped_steps": skipped, **norms}
                 if loss_d is not None:
-                    record.update(loss_d=loss_d.item(), d_acc_real=float((real_logits > 0).float().mean()),
+                    record.update(loss_d=loss_d.item(), lr_d=phase.d_lr or phase.lr, d_acc_real=float((real_logits > 0).float().mean()),
                                   d_acc_fake=float((fake_logits < 0).float().mean()))
                 records.append(record)
                 if global_step % tc.log_every == 0 or step + 1 == phase.steps:
