@@ -5,8 +5,10 @@ import copy
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -107,31 +109,63 @@ def test_every_phase_type_trains_with_finite_losses_and_changes_the_student(tmp_
     assert (out / "stages" / "8step" / "lora.safetensors").is_file()
 
 
-def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path):
-    whole = parse_config(plan(tmp_path / "whole", SHORT, checkpoint_every=2, validation_prompts=["a cat"]))
-    distill_train.train(whole)
-    killed = parse_config(plan(tmp_path / "killed", SHORT, checkpoint_every=2, validation_prompts=["a cat"]))
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> Path:
+    """The SHORT plan run without interruption (with validation pictures): what every resumed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("whole")
+    distill_train.train(parse_config(plan(tmp, SHORT, checkpoint_every=2, validation_prompts=["a cat"])))
+    return tmp / "run"
+
+
+def assert_same_students(a_run: Path, b_run: Path):
+    for name in ("4step", "2step"):
+        a, b = stage_unet(a_run, name), stage_unet(b_run, name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"stage {name} differs after resume"
+
+
+def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path, whole_run):
+    killed = parse_config(plan(tmp_path / "killed", SHORT, checkpoint_every=2))
     distill_train.train(killed, stop_after=3)  # dies one step after a checkpoint (global step 2): step 3 is redone
     second = distill_train.train(killed, resume=True, stop_after=3)  # and dies again, in the next phase
     assert not (tmp_path / "killed" / "run" / "stages" / "2step").exists()
-    third = distill_train.train(killed, resume=True)
-    assert [r["global_step"] for r in second] == [3, 4, 5] and [r["global_step"] for r in third] == [5, 6, 7, 8, 9, 10]
-    for name in ("4step", "2step"):
-        a, b = stage_unet(tmp_path / "whole" / "run", name), stage_unet(tmp_path / "killed" / "run", name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"stage {name} differs after resume"
+    # checkpoint_every may change across a resume: checkpoint every step, so the next kill resumes mid-full-phase
+    every_step = parse_config(plan(tmp_path / "killed", SHORT, checkpoint_every=1))
+    third = distill_train.train(every_step, resume=True, stop_after=2)  # checkpoint at 5 (4step's full phase), dies at 6
+    fourth = distill_train.train(every_step, resume=True)
+    assert [[r["global_step"] for r in run] for run in (second, third, fourth)] == [[3, 4, 5], [5, 6], [6, 7, 8, 9, 10]]
+    assert_same_students(whole_run, tmp_path / "killed" / "run")
 
     # Validation pictures per phase, teacher | student side by side, and the tensorboard log.
-    pictures = sorted(p.name for p in (tmp_path / "whole" / "run" / "validation").glob("*.png"))
+    pictures = sorted(p.name for p in (whole_run / "validation").glob("*.png"))
     assert pictures == ["2step_0_conditional_lora.png", "2step_1_unconditional_full.png", "4step_0_conditional_lora.png",
                         "4step_1_unconditional_lora.png", "4step_2_unconditional_full.png"]
     from PIL import Image
-    assert Image.open(tmp_path / "whole" / "run" / "validation" / pictures[0]).size == (128, 64)
-    assert list((tmp_path / "whole" / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert Image.open(whole_run / "validation" / pictures[0]).size == (128, 64)
+    assert list((whole_run / "logs").rglob("events.out.tfevents.*"))
 
     changed = copy.deepcopy(SHORT)
     changed[1]["phases"][0]["lr"] = 0.5
     with pytest.raises(CheckpointError, match=r"stages\[1\]\.phases\[0\]\.lr: checkpoint has 0\.001, config has 0\.5"):
         distill_train.train(parse_config(plan(tmp_path / "killed", changed)), resume=True)
+
+
+def test_sigkill_at_an_arbitrary_moment_then_resume(tmp_path, whole_run):
+    """A real SIGKILL of `python -m distill train`, wherever it lands (mid-step, mid-checkpoint, mid-stage-save)."""
+    raw = plan(tmp_path, SHORT, checkpoint_every=1)
+    config_file = tmp_path / "plan.toml"
+    config_file.write_text(_toml(raw))
+    # The same thread count as this process: the comparison is bitwise, and reductions split differently per thread.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen([sys.executable, "-m", "distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 600  # a guard against a hung child, not a timing assertion
+    while process.poll() is None and time.monotonic() < deadline and not (latest.is_file() and latest.read_text() >= "checkpoint-00000004"):
+        time.sleep(0.01)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL  # killed mid-run (stage 4step's third phase), not finished
+    distill_train.train(parse_config(raw), resume=True)
+    assert_same_students(whole_run, tmp_path / "run")
 
 
 def test_accelerate_launch_two_processes_on_cpu(tmp_path):
