@@ -6,7 +6,7 @@ trained on LoRA or on the full UNet for a number of optimizer steps). Every refu
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from pipelines.errors import StudioError
@@ -144,15 +144,10 @@ def _section(cls, table: dict, where: str):
     """Build a dataclass from a table, checking key names and value types against the field defaults."""
     known = {f.name: f for f in fields(cls)}
     _no_unknown(table, known, where)
-    values = {}
-    for name, value in table.items():
-        expected = known[name].type
-        values[name] = _typed(value, expected, f"{where}.{name}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        missing = str(e).split("argument")[-1].strip(": '")
-        raise ConfigError(f"{where}.{missing}: required key is missing") from None
+    for name, f in known.items():
+        if f.default is MISSING and f.default_factory is MISSING and name not in table:
+            raise ConfigError(f"{where}.{name}: required key is missing")
+    return cls(**{name: _typed(value, known[name].type, f"{where}.{name}") for name, value in table.items()})
 
 
 def _typed(value, expected, key):
