@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vae", nargs="+", default=["full"], choices=("full", "tiny"))
     bench.add_argument("--repeats", type=int, default=5, help="timed repetitions per row (median reported)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed repetitions per row before timing")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers on a busy machine")
     bench.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser
 
@@ -85,6 +87,10 @@ def generate(args) -> None:
 def bench(args) -> None:
     from .bench import print_table, run_benchmark, write_json
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     size = args.size or (256 if args.model == "tiny" else 1024)
     report = run_benchmark(args.model, args.device, size, args.steps, args.batch, args.backend, args.vae,
                            repeats=args.repeats, warmup=args.warmup, dtype=args.dtype)
