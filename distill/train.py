@@ -20,7 +20,6 @@ import torch.utils.checkpoint
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from PIL import Image
 from tqdm.auto import tqdm
 
 from pipelines.architectures import random_sdxl_components, tiny_components
@@ -32,9 +31,10 @@ from .data import LatentCache, precompute
 from .discriminator import Discriminator, renoise_timesteps
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
 from .lora import add_lora, lora_state_dict_diffusers, merge_lora, teacher_context
-from .schedule import CLEAN, add_noise, alpha_sigma, student_jump, training_timesteps
+from .schedule import add_noise, alpha_sigma, student_jump, training_timesteps
 from .solver import teacher_solve, zero_uncond
 from .student import student_step
+from .validation import decode, sample, save_validation, validation_inputs
 from .x0_conversion import implied_x0
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -106,49 +106,6 @@ def training_data(config: Config, components: dict, accelerator) -> LatentCache:
                 index = precompute(config, components, folder, accelerator.device)
                 accelerator.print(f"cached {index['count']} training samples (skipped {index['skipped']})")
     return LatentCache(folder)
-
-
-@torch.no_grad()
-def encode_prompts(components: dict, prompts, resolution: int, device) -> dict:
-    pipe = StableDiffusionXLPipeline(**{k: components[k] for k in (
-        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
-    pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
-    embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
-    return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.float()}
-
-
-def validation_inputs(config: Config, components: dict, device):
-    """Fixed (prompt, seed) pairs: conditioning and the pure-noise start latents, built once per run."""
-    prompts = [p for p in config.train.validation_prompts for _ in config.train.validation_seeds]
-    if not prompts:
-        return None
-    cond = encode_prompts(components, prompts, config.data.resolution, device)
-    size = config.data.resolution // 8
-    noise = torch.stack([torch.randn((components["unet"].config.in_channels, size, size), generator=torch.Generator().manual_seed(s))
-                         for _ in config.train.validation_prompts for s in config.train.validation_seeds]).to(device)
-    return cond, noise
-
-
-@torch.no_grad()
-def sample(unet, noise, steps: int, cond: dict, alphas_bar, prediction_type: str, guidance_scale: float = 1.0):
-    """Clean latents from pure noise in `steps` trailing steps, as the app will run the model."""
-    return teacher_solve(unet, noise, 999, CLEAN, steps, cond, alphas_bar, prediction_type, guidance_scale, zero_uncond(cond))
-
-
-@torch.no_grad()
-def decode(vae, latents) -> torch.Tensor:
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-def save_validation(path: Path, teacher_images, student_images, writer, tag: str, step: int):
-    """One row per (prompt, seed): teacher | student."""
-    rows = torch.cat([torch.cat([a, b], dim=2) for a, b in zip(teacher_images, student_images)], dim=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rows.permute(1, 2, 0).numpy()).save(path)
-    if writer is not None:
-        writer.add_image(tag, rows, step)
 
 
 @dataclass

@@ -20,9 +20,9 @@ from distill import train as distill_train
 from distill.checkpoint import CheckpointError
 from distill.config import parse_config
 from distill.lora import add_lora, merge_lora
-from distill.schedule import CLEAN
 from distill.solver import teacher_solve, zero_uncond
 from distill.student import student_step
+from distill.validation import encode_prompts
 from pipelines.architectures import tiny_components
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,7 +225,7 @@ def test_a_short_run_brings_the_one_step_student_closer_to_the_teacher(tmp_path)
 
     components = tiny_components(0)
     teacher = components["unet"].eval()
-    cond = distill_train.encode_prompts(components, PROMPTS, config.data.resolution, "cpu")
+    cond = encode_prompts(components, PROMPTS, config.data.resolution, "cpu")
     noise = torch.randn((len(PROMPTS), 4, 8, 8), generator=torch.Generator().manual_seed(1234))  # noise never trained on
     alphas_bar = components["scheduler"].alphas_cumprod
     student = distill_train.load_unet(config, "2step", components).eval()
