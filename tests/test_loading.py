@@ -90,3 +90,26 @@ def test_offline_without_cache_names_repo_file_and_remedy(monkeypatch, tmp_path,
     message = str(error.value)
     assert filename in message and repo in message
     assert "huggingface-cli download" in message and "--model tiny" in message
+
+
+def test_bare_unet_state_dict_variant_loads_on_the_base_config(tmp_path):
+    """The Lightning full-UNet files are bare state dicts loaded onto the base UNet's config; same path, local file."""
+    from safetensors.torch import save_file
+
+    unet = tiny_components(seed=2)["unet"]
+    save_file(unet.state_dict(), str(tmp_path / "unet_1step_x0.safetensors"))
+    variants.write_manifest(tmp_path, "tiny", [variants.Variant(1, "sample", unet_file="unet_1step_x0.safetensors")])
+    engine = load_engine(str(tmp_path), device="cpu")
+    torch.testing.assert_close(engine.model.unets[1].conv_in.weight, unet.conv_in.weight)
+    assert engine.schedules[1][0] == "sample"
+
+
+def test_state_dict_for_another_architecture_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from pipelines import InvalidModel
+
+    save_file({"not_a_unet.weight": torch.zeros(2)}, str(tmp_path / "wrong.safetensors"))
+    variants.write_manifest(tmp_path, "tiny", [variants.Variant(2, unet_file="wrong.safetensors")])
+    with pytest.raises(InvalidModel, match="not a UNet for this base"):
+        load_engine(str(tmp_path), device="cpu")
