@@ -37,7 +37,8 @@ def load_engine(model: str | None = None, device: str | None = None, steps=None,
     if dtype is not None and dtype not in DTYPES:
         raise InvalidModel(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = DTYPES[dtype] if dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    spec = variants.resolve(model, base).restricted_to(tuple(steps) if steps else None)
+    steps = tuple(steps) if steps else None
+    spec = variants.resolve(model, base, steps).restricted_to(steps)
 
     cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and compile_cache else None
     cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)

@@ -128,8 +128,10 @@ def read_manifest(folder: Path) -> ModelSpec:
     return ModelSpec(folder.name, data["base_model"], tuple(variants), root=str(folder))
 
 
-def resolve(model: str, base: str | None = None) -> ModelSpec:
-    """--model value -> ModelSpec: tiny | random-sdxl | lightning | lightning-lora | a local folder."""
+def resolve(model: str, base: str | None = None, steps: tuple[int, ...] | None = None) -> ModelSpec:
+    """--model value -> ModelSpec: tiny | random-sdxl | lightning | lightning-lora | a local folder.
+
+    A plain diffusers folder says nothing about its step count, so it serves the steps asked for (default 4)."""
     if model in ("tiny", "random-sdxl"):
         return builtin(model)
     if model == "lightning":
@@ -140,8 +142,7 @@ def resolve(model: str, base: str | None = None) -> ModelSpec:
     if (folder / MANIFEST_NAME).is_file():
         return read_manifest(folder)
     if (folder / "model_index.json").is_file():
-        # A plain diffusers SDXL folder: treat its UNet as a 4-step epsilon model unless told otherwise.
-        return ModelSpec(folder.name, str(folder), (Variant(4),))
+        return ModelSpec(folder.name, str(folder), tuple(Variant(n) for n in (steps or (4,))))
     if folder.exists():
         raise InvalidModel(f"{folder} holds neither {MANIFEST_NAME} nor a diffusers model_index.json")
     raise InvalidModel(

@@ -63,3 +63,11 @@ def test_random_sdxl_is_the_exact_sdxl_architecture():
     with torch.device("meta"):
         unet = sdxl_unet()
     assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+
+
+def test_plain_diffusers_folder_serves_the_steps_asked_for(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")
+    assert [v.steps for v in variants.resolve(str(tmp_path)).variants] == [4]
+    spec = variants.resolve(str(tmp_path), steps=(2, 8))
+    assert [(v.steps, v.prediction_type) for v in spec.variants] == [(2, "epsilon"), (8, "epsilon")]
+    assert spec.base == str(tmp_path)
