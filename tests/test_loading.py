@@ -113,3 +113,14 @@ def test_state_dict_for_another_architecture_is_refused(tmp_path):
     variants.write_manifest(tmp_path, "tiny", [variants.Variant(2, unet_file="wrong.safetensors")])
     with pytest.raises(InvalidModel, match="not a UNet for this base"):
         load_engine(str(tmp_path), device="cpu")
+
+
+def test_plain_diffusers_folder_loads_through_from_pretrained(tmp_path):
+    parts = tiny_components(seed=3)
+    parts.pop("vae_tiny")
+    StableDiffusionXLPipeline(**parts).save_pretrained(tmp_path / "my-sdxl", safe_serialization=True)
+    engine = load_engine(str(tmp_path / "my-sdxl"), device="cpu", steps=[2])
+    assert engine.steps == (2,) and engine.model_name == "my-sdxl"
+    torch.testing.assert_close(engine.pipe.unet.conv_in.weight, parts["unet"].conv_in.weight)
+    image = engine.generate([GenerationRequest("a cat", steps=2, width=256, height=256)])[0].image
+    assert image.shape == (256, 256, 3)
