@@ -4,7 +4,7 @@ import torch
 
 from . import backends, variants
 from .engine import Engine
-from .errors import InvalidModel
+from .errors import InvalidModel, WeightsUnavailable
 from .loading import BUILTIN_BASES, load_model
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -29,9 +29,20 @@ def load_engine(model: str | None = None, device: str | None = None, steps=None,
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    notice = None
     if model is None:
         model, notice = default_model(device)
+        try:
+            return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice)
+        except WeightsUnavailable as error:
+            # The default must start anywhere: with no weights reachable, serve the embedded model and say why.
+            model, notice = EMBEDDED_DEFAULT, (f"SDXL-Lightning could not be loaded ({error}) The embedded tiny model "
+                                               "runs instead. It is untrained: its pictures are noise.")
+    else:
+        notice = None
+    return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice)
+
+
+def _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice) -> Engine:
     if preview_vae not in (None, "full", "tiny"):
         raise InvalidModel(f"preview_vae must be 'full' or 'tiny', got {preview_vae!r}")
     if dtype is not None and dtype not in DTYPES:

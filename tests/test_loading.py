@@ -124,3 +124,16 @@ def test_plain_diffusers_folder_loads_through_from_pretrained(tmp_path):
     torch.testing.assert_close(engine.pipe.unet.conv_in.weight, parts["unet"].conv_in.weight)
     image = engine.generate([GenerationRequest("a cat", steps=2, width=256, height=256)])[0].image
     assert image.shape == (256, 256, 3)
+
+
+def test_default_model_falls_back_to_the_embedded_one_when_lightning_weights_are_missing(monkeypatch, tmp_path):
+    from pipelines import startup
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(startup, "default_model", lambda device: ("lightning", None))  # as on a CUDA machine
+    engine = load_engine(device="cpu", steps=[1])
+    assert engine.model_name == "tiny"
+    assert "SDXL-Lightning could not be loaded" in engine.notice and "sdxl_lightning_1step_unet_x0.safetensors" in engine.notice
+    with pytest.raises(WeightsUnavailable):  # asked for by name, it is an error, not a silent substitution
+        load_engine("lightning", device="cpu", steps=[1])
