@@ -6,6 +6,10 @@ cached latents, noises it to a training timestep t, lets the teacher solve n sma
 the student jump there in one ("fake"), then takes a student (G) step and, in adversarial phases, a
 discriminator (D) step. Randomness is drawn from generators seeded by (seed, stage, phase, step, micro-batch, rank),
 so a resumed run draws exactly what the uninterrupted one would have.
+
+Under FSDP (accelerate's fsdp_version 2, distill/configs/accelerate_fsdp.yaml) the student and the discriminator are
+sharded in place for the length of a phase and rebuilt whole at its end (`unshard`), so everything between phases
+(merging a LoRA, validation, saving a stage) sees plain modules; the frozen teacher is never sharded.
 """
 
 import copy
@@ -18,8 +22,11 @@ from pathlib import Path
 import torch
 import torch.utils.checkpoint
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from pipelines.architectures import random_sdxl_components, tiny_components
@@ -111,7 +118,8 @@ def training_data(config: Config, components: dict, accelerator) -> LatentCache:
 @dataclass
 class PhaseModels:
     """What one phase trains and learns from. `disc` is the plain D module (the G loss runs it outside any DDP
-    wrapper, so D's gradient sync is not involved); `disc_model` is the prepared one its own step runs."""
+    wrapper, so D's gradient sync is not involved; under FSDP it is the sharded module itself); `disc_model` is the
+    prepared one its own step runs."""
 
     student: torch.nn.Module
     teacher: torch.nn.Module
@@ -158,9 +166,12 @@ def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond
         real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
         given = (x_t, t) if phase.objective == "conditional" else ()
         loss_g = g_loss_nonsaturating(m.disc(fake_in, t_d, cond, *given))
-    # Only the student's weights take the G gradient; it still flows through D to reach them. (Restricting the
-    # backward, rather than toggling D's requires_grad, keeps checkpointed D blocks' recomputation identical.)
-    accelerator.backward(loss_g, inputs=[p for p in m.student.parameters() if p.requires_grad])
+    # Only the student's weights take the G gradient; it still flows through D to reach them. So: D's backward to
+    # its input alone (autograd.grad accumulates into no .grad), then the student's backward from there. Naming the
+    # student's parameters as backward inputs would not do under FSDP, whose forward runs on gathered copies of them;
+    # and toggling D's requires_grad would change what its checkpointed blocks recompute.
+    (fake_grad,) = torch.autograd.grad(loss_g, fake_in)
+    accelerator.backward((fake_in * fake_grad).sum())
     with accelerator.autocast():
         # D step: one forward over real and (detached) fake concatenated.
         both = {k: torch.cat([v, v]) for k, v in cond.items()}
@@ -174,14 +185,16 @@ def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond
 
 def optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, max_grad_norm: float) -> tuple[bool, dict]:
     """Clip and step both optimizers on the accumulation boundary, unless a gradient is NaN/Inf (then skip).
-    Off the boundary accelerate's optimizers ignore step/zero_grad, so this is safe to call every micro-batch."""
+    Off the boundary accelerate's optimizers ignore step/zero_grad, so this is safe to call every micro-batch.
+    Under FSDP each process holds shards of the gradients; the check and the norms are over whole gradients (DTensor
+    reductions), so every process gets the same verdict and skips together."""
     finite, norms = True, {}
     if accelerator.sync_gradients:
         finite = grads_finite(g_params) and grads_finite(d_params)
         if finite:
-            norms["grad_norm_g"] = float(accelerator.clip_grad_norm_(g_params, max_grad_norm))
+            norms["grad_norm_g"] = float(_whole(accelerator.clip_grad_norm_(g_params, max_grad_norm)))
             if d_params:
-                norms["grad_norm_d"] = float(accelerator.clip_grad_norm_(d_params, max_grad_norm))
+                norms["grad_norm_d"] = float(_whole(accelerator.clip_grad_norm_(d_params, max_grad_norm)))
     for opt in (g_opt, d_opt):
         if opt is not None:
             if finite:
@@ -197,6 +210,12 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.gradient_accumulation_steps,
                               log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     accelerator.init_trackers("distill")
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and not accelerator.is_fsdp2:
+        raise ValueError("FSDP runs need fsdp_version: 2 in the accelerate config (distill/configs/accelerate_fsdp.yaml)")
+    if fsdp:  # gather weights in the compute dtype, but average gradients in fp32 as DDP does (accelerate's: bf16)
+        accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+            param_dtype=DTYPES[tc.mixed_precision], reduce_dtype=torch.float32, output_dtype=DTYPES[tc.mixed_precision])
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
     device, weight_dtype = accelerator.device, DTYPES[tc.mixed_precision]
     accelerator.print(f"distilling on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} "
@@ -241,8 +260,10 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                 continue
             source, teacher_steps = teacher_of(config, i, j)
             teacher_prediction = prediction_type_of(config, source)
-            if phase.params == "lora" and phase.teacher == "previous":
-                teacher, teacher_ctx = student, teacher_context  # one UNet in memory: adapters off = the teacher
+            # One UNet in memory: adapters off = the teacher. Not under FSDP: the teacher takes a rank-dependent
+            # number of steps (1 from t = 249, 2 from 999), and sharded modules must run in lockstep on every rank.
+            if phase.params == "lora" and phase.teacher == "previous" and not fsdp:
+                teacher, teacher_ctx = student, teacher_context
             else:
                 if source not in frozen_teachers:
                     frozen_teachers[source] = cast_to(load_unet(config, source, components).to(device), weight_dtype).requires_grad_(False).eval()
@@ -262,26 +283,32 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             g_opt = torch.optim.Adam(g_params, lr=phase.lr, betas=phase.betas, weight_decay=0.0)
             d_params = [p for p in disc.parameters() if p.requires_grad] if disc is not None else []
             d_opt = torch.optim.Adam(d_params, lr=phase.d_lr or phase.lr, betas=phase.betas, weight_decay=0.0) if disc is not None else None
-            start = 0
-            if resume_here:
+            start, skipped = 0, 0
+            if resume_here:  # weights into the whole modules now; optimizer states once they are (maybe) sharded
                 weights, optimizers, progress = resumed
                 _load_trainable(student, weights["student"])
-                g_opt.load_state_dict(optimizers["g"])
                 if disc is not None:
                     disc.load_state_dict(weights["discriminator"])
-                    d_opt.load_state_dict(optimizers["d"])
-                start, skipped, resumed = progress["step"], progress["skipped"], None
-            else:
-                skipped = 0
+                start, skipped = progress["step"], progress["skipped"]
 
-            models = [accelerator.prepare(student)] + ([accelerator.prepare(disc)] if disc is not None else [])
-            g_opt = accelerator.prepare(g_opt)
-            d_opt = accelerator.prepare(d_opt) if d_opt is not None else None
-            student_model = models[0]
+            # FSDP shards in place and needs each model prepared with its optimizer; keep empty copies of the
+            # structure to rebuild the whole modules into at the end of the phase.
+            skeletons = [meta_copy(student), meta_copy(disc) if disc is not None else None] if fsdp else None
+            student_model, g_opt = accelerator.prepare(student, g_opt)
+            disc_model, d_opt = accelerator.prepare(disc, d_opt) if disc is not None else (None, None)
+            models = [student_model] + ([disc_model] if disc is not None else [])
+            # Parameters as prepared (FSDP replaces them by sharded ones): what is clipped and checked.
+            g_params = [p for p in student_model.parameters() if p.requires_grad]
+            d_params = [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else []
+            if resume_here:
+                _load_optimizer(fsdp, student_model, g_opt, optimizers["g"])
+                if disc is not None:
+                    _load_optimizer(fsdp, disc_model, d_opt, optimizers["d"])
+                resumed = None
             if not hasattr(student_model, "dtype"):  # the solver reads unet.dtype, which DDP wrappers do not forward
                 student_model.dtype = student.dtype
-            m = PhaseModels(student_model, teacher, teacher_ctx, teacher_steps, teacher_prediction, disc,
-                            models[1] if disc is not None else None)
+            # FSDP shards in place: `disc` is then the sharded module itself.
+            m = PhaseModels(student_model, teacher, teacher_ctx, teacher_steps, teacher_prediction, disc, disc_model)
             progress_bar = tqdm(range(start, phase.steps), desc=label, disable=not accelerator.is_local_main_process)
 
             for step in progress_bar:
@@ -310,12 +337,16 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                     accelerator.end_training()
                     return records  # as if killed here: nothing more is written
                 if (step + 1) % tc.checkpoint_every == 0 or step + 1 == phase.steps:
-                    _save_checkpoint(accelerator, config, student, disc, g_opt, d_opt,
+                    _save_checkpoint(accelerator, config, fsdp, student_model, disc_model, g_opt, d_opt,
                                      {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "skipped": skipped})
 
-            student = accelerator.unwrap_model(student_model)
-            if disc is not None:
-                disc = accelerator.unwrap_model(models[1])
+            if fsdp:  # every process rebuilds the whole modules: the next phase starts from them
+                student = unshard(student_model, skeletons[0])
+                disc = unshard(disc_model, skeletons[1]) if disc is not None else None
+            else:
+                student = accelerator.unwrap_model(student_model)
+                disc = accelerator.unwrap_model(disc_model) if disc is not None else None
+            del student_model, disc_model, models, m, g_params, d_params, g_opt, d_opt
             accelerator.free_memory()  # drop the accelerator's references to this phase's wrappers and optimizers
             if accelerator.is_main_process:
                 if phase.params == "lora" and (j + 1 == len(stage.phases) or stage.phases[j + 1].params != "lora"):
@@ -367,6 +398,26 @@ def cast_to(module, dtype):
     return module
 
 
+def _whole(tensor):
+    """The whole tensor of an FSDP shard (an all-gather: every process must call it); a plain tensor as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def meta_copy(module):
+    """The module's structure with every parameter and buffer on the meta device (no memory), for `unshard`."""
+    memo = {id(b): torch.empty_like(b, device="meta") for b in module.buffers()}
+    memo |= {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+
+def unshard(sharded, skeleton):
+    """The whole module again, on every process: the sharded one's gathered state in `skeleton`'s structure."""
+    skeleton.load_state_dict({k: _whole(v).detach() for k, v in sharded.state_dict().items()}, assign=True)
+    if any(t.is_meta for t in [*skeleton.parameters(), *skeleton.buffers()]):
+        raise RuntimeError("a tensor outside the state dict (a non-persistent buffer) was left behind by unshard")
+    return skeleton
+
+
 def _trainable(module) -> dict:
     return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
 
@@ -382,14 +433,40 @@ def _load_trainable(module, weights: dict):
             params[name].copy_(value)
 
 
-def _save_checkpoint(accelerator, config, student, disc, g_opt, d_opt, progress):
+def _gathered(accelerator, tensors: dict) -> dict:
+    """Whole tensors (gathered one at a time on every process under FSDP), kept on the CPU by the main process only."""
+    out = {}
+    for name, value in tensors.items():
+        value = _whole(value.detach())
+        if accelerator.is_main_process:
+            out[name] = value.cpu()
+    return out
+
+
+# Under FSDP, optimizer states are saved whole, keyed by parameter name, and re-sharded on load.
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _optimizer_state(fsdp, model, opt) -> dict:
+    return get_optimizer_state_dict(model, opt.optimizer, options=FULL) if fsdp else opt.state_dict()
+
+
+def _load_optimizer(fsdp, model, opt, state: dict):
+    if fsdp:
+        set_optimizer_state_dict(model, opt.optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(state)
+
+
+def _save_checkpoint(accelerator, config, fsdp, student, disc, g_opt, d_opt, progress):
+    """Gathering shards is collective, so every process assembles the checkpoint; only the main one writes it."""
     accelerator.wait_for_everyone()
+    weights = {"student": _gathered(accelerator, _trainable(accelerator.unwrap_model(student)))}
+    optimizers = {"g": _optimizer_state(fsdp, student, g_opt)}
+    if disc is not None:
+        weights["discriminator"] = _gathered(accelerator, accelerator.unwrap_model(disc).state_dict())
+        optimizers["d"] = _optimizer_state(fsdp, disc, d_opt)
     if accelerator.is_main_process:
-        weights = {"student": _trainable(accelerator.unwrap_model(student))}
-        optimizers = {"g": g_opt.state_dict()}
-        if disc is not None:
-            weights["discriminator"] = accelerator.unwrap_model(disc).state_dict()
-            optimizers["d"] = d_opt.state_dict()
         checkpoint.save(Path(config.train.output_dir) / "checkpoints", progress["global_step"], weights, optimizers, progress,
                         config.to_dict(), config.train.keep_checkpoints)
     accelerator.wait_for_everyone()
