@@ -24,9 +24,7 @@ import torch.utils.checkpoint
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy
-from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from pipelines.architectures import random_sdxl_components, tiny_components
@@ -38,6 +36,7 @@ from .data import LatentCache, precompute
 from .discriminator import Discriminator, renoise_timesteps
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
 from .lora import add_lora, lora_state_dict_diffusers, merge_lora, teacher_context
+from .sharding import load_optimizer, load_trainable, meta_copy, save_checkpoint, unshard, whole
 from .schedule import add_noise, alpha_sigma, student_jump, training_timesteps
 from .solver import teacher_solve, zero_uncond
 from .student import student_step
@@ -192,9 +191,9 @@ def optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, max_grad_norm:
     if accelerator.sync_gradients:
         finite = grads_finite(g_params) and grads_finite(d_params)
         if finite:
-            norms["grad_norm_g"] = float(_whole(accelerator.clip_grad_norm_(g_params, max_grad_norm)))
+            norms["grad_norm_g"] = float(whole(accelerator.clip_grad_norm_(g_params, max_grad_norm)))
             if d_params:
-                norms["grad_norm_d"] = float(_whole(accelerator.clip_grad_norm_(d_params, max_grad_norm)))
+                norms["grad_norm_d"] = float(whole(accelerator.clip_grad_norm_(d_params, max_grad_norm)))
     for opt in (g_opt, d_opt):
         if opt is not None:
             if finite:
@@ -286,7 +285,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             start, skipped = 0, 0
             if resume_here:  # weights into the whole modules now; optimizer states once they are (maybe) sharded
                 weights, optimizers, progress = resumed
-                _load_trainable(student, weights["student"])
+                load_trainable(student, weights["student"])
                 if disc is not None:
                     disc.load_state_dict(weights["discriminator"])
                 start, skipped = progress["step"], progress["skipped"]
@@ -301,9 +300,9 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             g_params = [p for p in student_model.parameters() if p.requires_grad]
             d_params = [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else []
             if resume_here:
-                _load_optimizer(fsdp, student_model, g_opt, optimizers["g"])
+                load_optimizer(fsdp, student_model, g_opt, optimizers["g"])
                 if disc is not None:
-                    _load_optimizer(fsdp, disc_model, d_opt, optimizers["d"])
+                    load_optimizer(fsdp, disc_model, d_opt, optimizers["d"])
                 resumed = None
             if not hasattr(student_model, "dtype"):  # the solver reads unet.dtype, which DDP wrappers do not forward
                 student_model.dtype = student.dtype
@@ -337,7 +336,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                     accelerator.end_training()
                     return records  # as if killed here: nothing more is written
                 if (step + 1) % tc.checkpoint_every == 0 or step + 1 == phase.steps:
-                    _save_checkpoint(accelerator, config, fsdp, student_model, disc_model, g_opt, d_opt,
+                    save_checkpoint(accelerator, config, fsdp, student_model, disc_model, g_opt, d_opt,
                                      {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "skipped": skipped})
 
             if fsdp:  # every process rebuilds the whole modules: the next phase starts from them
@@ -396,80 +395,6 @@ def cast_to(module, dtype):
     if any(p.dtype != dtype for p in module.parameters()):
         module.to(dtype)
     return module
-
-
-def _whole(tensor):
-    """The whole tensor of an FSDP shard (an all-gather: every process must call it); a plain tensor as it is."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def meta_copy(module):
-    """The module's structure with every parameter and buffer on the meta device (no memory), for `unshard`."""
-    memo = {id(b): torch.empty_like(b, device="meta") for b in module.buffers()}
-    memo |= {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in module.parameters()}
-    return copy.deepcopy(module, memo)
-
-
-def unshard(sharded, skeleton):
-    """The whole module again, on every process: the sharded one's gathered state in `skeleton`'s structure."""
-    skeleton.load_state_dict({k: _whole(v).detach() for k, v in sharded.state_dict().items()}, assign=True)
-    if any(t.is_meta for t in [*skeleton.parameters(), *skeleton.buffers()]):
-        raise RuntimeError("a tensor outside the state dict (a non-persistent buffer) was left behind by unshard")
-    return skeleton
-
-
-def _trainable(module) -> dict:
-    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(module, weights: dict):
-    expected = set(_trainable(module))
-    if set(weights) != expected:
-        raise checkpoint.CheckpointError(f"checkpoint weights do not match this phase's trainable parameters "
-                                         f"({len(set(weights) - expected)} unexpected, {len(expected - set(weights))} missing)")
-    params = dict(module.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-
-
-def _gathered(accelerator, tensors: dict) -> dict:
-    """Whole tensors (gathered one at a time on every process under FSDP), kept on the CPU by the main process only."""
-    out = {}
-    for name, value in tensors.items():
-        value = _whole(value.detach())
-        if accelerator.is_main_process:
-            out[name] = value.cpu()
-    return out
-
-
-# Under FSDP, optimizer states are saved whole, keyed by parameter name, and re-sharded on load.
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def _optimizer_state(fsdp, model, opt) -> dict:
-    return get_optimizer_state_dict(model, opt.optimizer, options=FULL) if fsdp else opt.state_dict()
-
-
-def _load_optimizer(fsdp, model, opt, state: dict):
-    if fsdp:
-        set_optimizer_state_dict(model, opt.optimizer, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        opt.load_state_dict(state)
-
-
-def _save_checkpoint(accelerator, config, fsdp, student, disc, g_opt, d_opt, progress):
-    """Gathering shards is collective, so every process assembles the checkpoint; only the main one writes it."""
-    accelerator.wait_for_everyone()
-    weights = {"student": _gathered(accelerator, _trainable(accelerator.unwrap_model(student)))}
-    optimizers = {"g": _optimizer_state(fsdp, student, g_opt)}
-    if disc is not None:
-        weights["discriminator"] = _gathered(accelerator, accelerator.unwrap_model(disc).state_dict())
-        optimizers["d"] = _optimizer_state(fsdp, disc, d_opt)
-    if accelerator.is_main_process:
-        checkpoint.save(Path(config.train.output_dir) / "checkpoints", progress["global_step"], weights, optimizers, progress,
-                        config.to_dict(), config.train.keep_checkpoints)
-    accelerator.wait_for_everyone()
 
 
 def _save_lora(folder: Path, student, rank: int):

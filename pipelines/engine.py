@@ -10,7 +10,6 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from . import backends, sampling
