@@ -7,19 +7,17 @@ stands for the clean image (alphabar = 1), so "step to -1" means "return x0".
 
 import torch
 
-from pipelines.sampling import alphas_cumprod, trailing_timesteps
+from pipelines.sampling import alphas_cumprod, alphas_cumprod_from_config, trailing_timesteps  # noqa: F401 (alphas_cumprod re-exported)
 
 NUM_TRAIN_TIMESTEPS = 1000
 CLEAN = -1
 
 
 def alphas_bar_from_config(scheduler_config) -> torch.Tensor:
-    """alphabar_t of a diffusers scheduler config (SDXL's "scaled_linear" betas), via pipelines.sampling."""
-    if scheduler_config.get("beta_schedule", "scaled_linear") != "scaled_linear":
-        raise ValueError(f"unsupported beta_schedule {scheduler_config['beta_schedule']!r} (SDXL uses 'scaled_linear')")
+    """alphabar_t of a diffusers scheduler config, via pipelines.sampling; the grids here assume T = 1000."""
     if scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS) != NUM_TRAIN_TIMESTEPS:
         raise ValueError(f"the distillation grids assume {NUM_TRAIN_TIMESTEPS} training timesteps")
-    return alphas_cumprod(scheduler_config["beta_start"], scheduler_config["beta_end"], NUM_TRAIN_TIMESTEPS)
+    return alphas_cumprod_from_config(scheduler_config)
 
 
 def _timesteps(t, device) -> torch.Tensor:

@@ -76,7 +76,7 @@ class Engine:
         self.warmup_seconds: float | None = None
         # Where torch.compile's artifacts are kept between runs (None: not kept), and whether this start found them.
         self.compile_cache, self.compile_cache_loaded = compile_cache, compile_cache_loaded
-        alphas_bar = sampling.alphas_cumprod(**{k: self.pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "num_train_timesteps")})
+        alphas_bar = sampling.alphas_cumprod_from_config(self.pipe.scheduler.config)
         self.schedules = {}
         for steps in self.steps:
             variant = model.spec.variant(steps)

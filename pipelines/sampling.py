@@ -15,6 +15,13 @@ def alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, num_tra
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def alphas_cumprod_from_config(scheduler_config) -> torch.Tensor:
+    """alphabar_t of a diffusers scheduler config; only SDXL's "scaled_linear" betas are supported."""
+    if scheduler_config.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        raise ValueError(f"unsupported beta_schedule {scheduler_config['beta_schedule']!r} (SDXL uses 'scaled_linear')")
+    return alphas_cumprod(scheduler_config["beta_start"], scheduler_config["beta_end"], scheduler_config.get("num_train_timesteps", 1000))
+
+
 def trailing_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
     """t_i = round(T - i * T / n) - 1 for i < n: 1 -> [999], 2 -> [999, 499], 4 -> [999, 749, 499, 249]."""
     step_ratio = num_train_timesteps / num_steps
