@@ -1,0 +1,143 @@
+"""The pre-training config of the shapes world (distill/configs/shapes_pretrain.toml), parsed and checked like
+distill's plans: unknown keys and wrong types are refused naming the key."""
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, _check, _no_unknown, _section
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    resolution: int = 128
+    train_scenes: int = 60_000  # scenes rendered for the autoencoder and cached as latents for the UNet
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    eval_images: int = 2000
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    steps: int = 3000
+    batch_size: int = 16
+    crop: int = 64  # the autoencoder is convolutional: train on crops, use at full size
+    lr: float = 1e-3
+    object_weight: float = 10.0  # L1 weight of object pixels relative to background (colour fidelity lives there)
+    edge_weight: float = 1.0  # L1 on image gradients, against blur
+    kl_weight: float = 1e-6
+
+
+@dataclass(frozen=True)
+class VaeTinyConfig:
+    encoder_block_out_channels: tuple[int, ...] = (16, 16, 16, 16)
+    decoder_block_out_channels: tuple[int, ...] = (16, 16, 16, 16)
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_attention_heads: int = 4
+    num_hidden_layers: int = 2
+
+
+@dataclass(frozen=True)
+class UnetConfig:
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    transformer_layers_per_block: tuple[int, ...] = (1, 1, 1)
+    attention_head_dim: tuple[int, ...] = (2, 4, 8)
+    addition_time_embed_dim: int = 16
+    norm_num_groups: int = 8
+    steps: int = 12_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    sample_every: int = 1000
+    sample_steps: int = 25
+    guidance_scale: float = 5.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/shapes"
+    seed: int = 0
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    vae_tiny: VaeTinyConfig = field(default_factory=VaeTinyConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def section(self, name: str) -> dict:
+        """What a part's checkpoints must agree with: its own section, the world and the parts it builds on."""
+        needs = {"judge": ("world", "judge"), "vae": ("world", "vae"), "vae_tiny": ("world", "vae", "vae_tiny"),
+                 "unet": ("world", "vae", "text", "unet")}[name]
+        data = asdict(self)
+        return {key: data[key] for key in needs} | {"seed": self.train.seed}
+
+
+SECTIONS = {f: t for f, t in PretrainConfig.__annotations__.items()}
+
+
+def parse(raw: dict) -> PretrainConfig:
+    _no_unknown(raw, SECTIONS, "")
+    built = {}
+    for name, cls in ((n, globals()[t] if isinstance(t, str) else t) for n, t in SECTIONS.items()):
+        built[name] = _section(cls, raw.get(name, {}), name)
+    config = PretrainConfig(**built)
+    validate(config)
+    return config
+
+
+def load(path) -> PretrainConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(raw)
+
+
+def validate(c: PretrainConfig) -> None:
+    _check(c.world.resolution % 32 == 0 and c.world.resolution >= 64, "world.resolution", "must be a multiple of 32, at least 64")
+    _check(len(c.vae.block_out_channels) == 4, "vae.block_out_channels", "needs four levels (SDXL's 8x downscale)")
+    _check(c.vae.crop % 8 == 0 and 16 <= c.vae.crop <= c.world.resolution, "vae.crop", "must be a multiple of 8 within the resolution")
+    _check(len(c.vae_tiny.encoder_block_out_channels) == 4 and len(c.vae_tiny.decoder_block_out_channels) == 4,
+           "vae_tiny.encoder_block_out_channels", "AutoencoderTiny needs four levels (8x)")
+    n = len(c.unet.block_out_channels)
+    for key in ("transformer_layers_per_block", "attention_head_dim"):
+        _check(len(getattr(c.unet, key)) == n, f"unet.{key}", f"needs {n} entries (one per block)")
+    _check(0 <= c.unet.caption_dropout < 1, "unet.caption_dropout", "must be in [0, 1)")
+    _check(0 < c.unet.ema_decay < 1, "unet.ema_decay", "must be in (0, 1)")
+    for section in ("judge", "vae", "vae_tiny", "unet"):
+        for key in ("steps", "batch_size"):
+            _check(getattr(getattr(c, section), key) >= 1, f"{section}.{key}", "must be >= 1")
+        _check(getattr(c, section).lr > 0, f"{section}.lr", "must be > 0")
+    for key in ("checkpoint_every", "keep_checkpoints", "log_every"):
+        _check(getattr(c.train, key) >= 1, f"train.{key}", "must be >= 1")

@@ -1,0 +1,40 @@
+"""Training data of the shapes world: the fixed set of training scenes (never a held-out colour x shape pair),
+rendered batches and crops for the autoencoders, and captions drawn afresh for every UNet step."""
+
+import random
+
+import numpy as np
+import torch
+
+from .captions import caption
+from .judge import to_tensor
+from .world import Scene, render, scene_from_seed
+
+
+def scene_seed(seed: int, index: int) -> int:
+    return hash((seed, "scene", index)) & ((1 << 63) - 1)
+
+
+def training_scene(seed: int, index: int) -> Scene:
+    """Training scene `index`: a pure function of (seed, index), so a latent cache needs to store no labels."""
+    return scene_from_seed(scene_seed(seed, index))
+
+
+def images(scenes, resolution: int, with_mask: bool = False):
+    """float (B, 3, R, R) in [-1, 1] (and (B, 1, R, R) object masks)."""
+    if not with_mask:
+        return to_tensor(np.stack([render(s, resolution) for s in scenes]))
+    pixels, masks = zip(*(render(s, resolution, with_mask=True) for s in scenes))
+    return to_tensor(np.stack(pixels)), torch.from_numpy(np.stack(masks))[:, None]
+
+
+def random_crops(x: torch.Tensor, size: int, generator: torch.Generator, *others: torch.Tensor):
+    """The same random size x size window of each sample of x (and of `others`), on the 8-pixel latent grid."""
+    cells = (x.shape[-1] - size) // 8 + 1
+    top, left = (8 * torch.randint(cells, (2, len(x)), generator=generator)).tolist()
+    crop = lambda t: torch.stack([t[i, :, a:a + size, b:b + size] for i, (a, b) in enumerate(zip(top, left))])
+    return (crop(x), *(crop(o) for o in others))
+
+
+def captions_for(indices, seed: int, rng: random.Random) -> list[str]:
+    return [caption(training_scene(seed, i), rng)[0] for i in indices]

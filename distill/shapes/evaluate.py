@@ -1,0 +1,112 @@
+"""`python -m distill.shapes eval`: generate the fixed evaluation prompts with a model through the studio's engine
+(what the studio serves is what is measured), render real images of the same prompts, and score both with the judge.
+
+Prompt groups: `single` (one object), `two` (two objects) and `held_out` (one object of a colour x shape pair the
+base model never saw). Prompts come from a fixed seed; each is generated with several seeds (diversity needs them).
+"""
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import judge as judge_lib
+from . import metrics
+from .captions import Spec, caption, scene_for
+from .world import HELD_OUT_PAIRS, render, scene_from_seed
+
+PROMPT_SEED = 30_000_001
+GROUPS = ("single", "two", "held_out")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    spec: Spec
+    group: str
+
+
+def _group_scene(group: str, rng: random.Random):
+    while True:
+        scene = scene_from_seed(rng.getrandbits(62), n_objects=2 if group == "two" else 1, held_out=group == "held_out")
+        pair_held_out = any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
+        if pair_held_out == (group == "held_out"):
+            return scene
+
+
+def prompt_set(per_group: int) -> dict[str, list[Prompt]]:
+    """The first `per_group` prompts of each group (a fixed sequence, so smaller sets are prefixes of larger ones).
+    Every prompt names each object's place, as a user of this world would."""
+    out = {}
+    for group in GROUPS:
+        rng = random.Random(f"{PROMPT_SEED}-{group}")
+        prompts = []
+        while len(prompts) < per_group:
+            text, spec = caption(_group_scene(group, rng), rng)
+            if all(o.position for o in spec.objects):
+                prompts.append(Prompt(text, spec, group))
+        out[group] = prompts
+    return out
+
+
+def real_images(prompts: list[Prompt], seeds: list[int], resolution: int, salt: str = "real") -> np.ndarray:
+    """One render per (prompt, seed) of a scene the prompt truly describes (open attributes drawn from the seed)."""
+    return np.stack([render(scene_for(p.spec, random.Random(f"{salt}-{p.text}-{s}")), resolution) for p in prompts for s in seeds])
+
+
+def generate(engine, prompts: list[Prompt], seeds: list[int], steps: int, resolution: int, batch_size: int = 8):
+    """uint8 images for every (prompt, seed), and the engine's mean wall milliseconds per image."""
+    from pipelines.requests import GenerationRequest
+
+    requests = [GenerationRequest(p.text, seed=s, steps=steps, width=resolution, height=resolution) for p in prompts for s in seeds]
+    engine.generate(requests[:1])  # warm caches and allocator before timing
+    images, began = [], time.perf_counter()
+    for i in range(0, len(requests), batch_size):
+        images += [r.image for r in engine.generate(requests[i:i + batch_size])]
+    return np.stack(images), (time.perf_counter() - began) * 1000 / len(requests)
+
+
+def evaluate(engine, judge, steps: int, per_group: int = 32, seeds_per_prompt: int = 4, resolution: int = 128) -> dict:
+    """Metrics per group and over all prompts, plus the real-vs-real floor of the Fréchet distance."""
+    seeds = list(range(1000, 1000 + seeds_per_prompt))  # held-out seeds: training never samples with a seed
+    groups = prompt_set(per_group)
+    prompts = [p for g in GROUPS for p in groups[g]]
+    images, ms = generate(engine, prompts, seeds, steps, resolution)
+    real, real_again = real_images(prompts, seeds, resolution), real_images(prompts, seeds, resolution, salt="floor")
+    to_pred = lambda x: judge_lib.predict(judge, judge_lib.to_tensor(x))
+    pred, pred_real, pred_again = to_pred(images), to_pred(real), to_pred(real_again)
+    specs = [p.spec for p in prompts for _ in seeds]
+    names = [p.text for p in prompts for _ in seeds]
+    group_of = np.array([p.group for p in prompts for _ in seeds])
+
+    def subset(mask):
+        pick = lambda d: {k: v[torch.from_numpy(mask)] for k, v in d.items()}
+        idx = np.flatnonzero(mask)
+        return metrics.report(pick(pred), pick(pred_real), images[idx], real[idx], [specs[i] for i in idx], [names[i] for i in idx])
+
+    result = {"steps": steps, "images": len(images), "prompts_per_group": per_group, "seeds_per_prompt": seeds_per_prompt,
+              "cpu_ms_per_image": round(ms, 1), "all": subset(np.ones(len(images), bool))}
+    result["all"]["frechet_floor_real_vs_real"] = metrics.frechet_distance(pred_again["features"].numpy(), pred_real["features"].numpy())
+    for g in GROUPS:
+        result[g] = subset(group_of == g)
+    result["samples"] = images  # callers that make figures take these; dropped from JSON
+    return result
+
+
+def summary_row(result: dict) -> dict:
+    """The table's columns for one evaluated model."""
+    a = result["all"]
+    return {"single": result["single"]["adherence"]["all"], "two": result["two"]["adherence"]["all"], "held_out": result["held_out"]["adherence"]["all"],
+            "frechet": a["frechet_distance"], "frechet_floor": a["frechet_floor_real_vs_real"], "sharpness": a["sharpness"],
+            "diversity": a["diversity"], "colour_bias": a["mean_colour_bias"], "count_errors": a["count_error"],
+            "cpu_ms_per_image": result["cpu_ms_per_image"]}
+
+
+def write_json(result: dict, path: Path, model: str) -> None:
+    data = {k: v for k, v in result.items() if k != "samples"} | {"model": model, "summary": summary_row(result)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1))

@@ -1,0 +1,41 @@
+"""What every pre-training part of the shapes world shares: its folder, its atomic final artefact, its lr schedule."""
+
+import json
+import math
+from pathlib import Path
+
+from ..checkpoint import atomic_dir
+from .config import PretrainConfig
+
+DONE = "done.json"
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to peak / 10 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def final_dir(c: PretrainConfig, part: str) -> Path:
+    return Path(c.train.output_dir) / part / "final"
+
+
+def is_done(c: PretrainConfig, part: str) -> bool:
+    return (final_dir(c, part) / DONE).is_file()
+
+
+def finish(c: PretrainConfig, part: str, write, report: dict) -> dict:
+    """Write a part's final folder in one atomic rename: write(tmp) puts the artefacts, DONE records the report."""
+    with atomic_dir(final_dir(c, part)) as tmp:
+        write(tmp)
+        (tmp / DONE).write_text(json.dumps(report, indent=1))
+    return report
+
+

@@ -1,0 +1,39 @@
+"""Ship the trained base model into the studio: a diffusers SDXL folder in fp16 (unet, vae, vae_tiny, both text
+encoders and tokenizers, scheduler) plus the studio manifest. The base UNet is the reference variant (32 Euler
+steps, CFG 5) and also serves the fewer-step variants, so the Compare panel shows what plain few-step sampling of
+an undistilled model looks like."""
+
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderTiny, StableDiffusionXLPipeline
+
+from pipelines.variants import Variant, write_manifest
+
+from ..checkpoint import atomic_dir
+from .config import PretrainConfig
+from .parts import final_dir
+
+REFERENCE_STEPS, REFERENCE_GUIDANCE = 32, 5.0
+DESCRIPTION = "a small model trained on a world of coloured shapes"
+
+
+def base_variants(steps=(REFERENCE_STEPS, 8, 4, 2, 1), guidance: float = REFERENCE_GUIDANCE) -> list[Variant]:
+    return [Variant(n, "epsilon", guidance_scale=guidance) for n in steps]
+
+
+def ship(c: PretrainConfig, out: Path, variants: list[Variant] | None = None, live_steps: int | None = None) -> Path:
+    """Write <out> (replacing it atomically) from the finished pre-training run of config `c`."""
+    source = final_dir(c, "unet") / "pipeline"
+    if not (source / "model_index.json").is_file():
+        raise FileNotFoundError(f"{source} does not exist: finish `python -m distill.shapes pretrain` first")
+    pipe = StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True)
+    vae_tiny = AutoencoderTiny.from_pretrained(source / "vae_tiny", use_safetensors=True)
+    variants = variants or base_variants()
+    with atomic_dir(Path(out)) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp)
+        vae_tiny.to(torch.float16).save_pretrained(tmp / "vae_tiny")
+        write_manifest(tmp, ".", variants, description=DESCRIPTION, reference_steps=REFERENCE_STEPS,
+                       live_steps=live_steps or min(v.steps for v in variants), resolution=c.world.resolution)
+    return Path(out)
