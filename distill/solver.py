@@ -6,6 +6,7 @@ cond / uncond are dicts {"encoder_hidden_states": (B, 77, D), "text_embeds": (B,
 import torch
 
 from distill.schedule import CLEAN, ddim_step, split_prediction, teacher_grid
+from pipelines.sampling import classifier_free_guidance
 
 
 def unet_output(unet, x, t, cond: dict) -> torch.Tensor:
@@ -32,7 +33,7 @@ def guided_output(unet, x, t, cond: dict, guidance_scale: float = 1.0, uncond: d
     both = {key: torch.cat([uncond[key], cond[key]]) for key in cond}
     t_both = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0]).repeat(2)
     out_u, out_c = unet_output(unet, torch.cat([x, x]), t_both, both).chunk(2)
-    return out_u + guidance_scale * (out_c - out_u)
+    return classifier_free_guidance(out_u, out_c, guidance_scale)
 
 
 def solve_path(t: int, t_end: int, teacher_steps: int) -> list[int]:

@@ -82,7 +82,7 @@ class Engine:
             variant = model.spec.variant(steps)
             timesteps = sampling.trailing_timesteps(steps, self.pipe.scheduler.config.num_train_timesteps)
             self.schedules[steps] = (variant.prediction_type, torch.from_numpy(timesteps).to(self.device),
-                                     sampling.sigmas_for(timesteps, alphas_bar).tolist())
+                                     sampling.sigmas_for(timesteps, alphas_bar).tolist(), variant.guidance_scale if variant.guided else None)
         compiled = {}  # LoRA variants share one UNet: compile each distinct module once
         for unet in model.unets.values():
             if id(unet) not in compiled:
@@ -153,8 +153,10 @@ class Engine:
         return [GenerationResult(r, image, dict(timer.ms), self.count_tokens(r.prompt)[1], len(batch)) for r, image in zip(batch, images)]
 
     def denoise(self, steps: int, noise: torch.Tensor, embeds, pooled, height: int, width: int) -> torch.Tensor:
-        """Trailing Euler from pure noise to x0 with the variant's UNet; latents stay fp32 between steps as in diffusers."""
-        prediction_type, timesteps, sigmas = self.schedules[steps]
+        """Trailing Euler from pure noise to x0 with the variant's UNet; latents stay fp32 between steps as in diffusers.
+        A guided variant runs the unconditional half (zeroed embeddings, as SDXL's force_zeros_for_empty_prompt) and
+        the conditional half as one doubled batch, like StableDiffusionXLPipeline."""
+        prediction_type, timesteps, sigmas, guidance = self.schedules[steps]
         adapter = self.model.adapters[steps]
         if adapter is not None:
             self.pipe.enable_lora()
@@ -162,14 +164,19 @@ class Engine:
         elif any(self.model.adapters.values()):
             self.pipe.disable_lora()  # this variant is the bare base UNet that the LoRA variants share
         unet = self.run_unet[steps]
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype).repeat(len(noise), 1)
+        copies = 2 if guidance else 1
+        if guidance:
+            embeds, pooled = torch.cat([torch.zeros_like(embeds), embeds]), torch.cat([torch.zeros_like(pooled), pooled])
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype).repeat(copies * len(noise), 1)
         conditioning = {"text_embeds": pooled, "time_ids": time_ids}
         x = noise * sampling.initial_noise_scale(torch.tensor(sigmas))
         for i, t in enumerate(timesteps):
             backends.step_begin(self.backend, self.device)
-            model_input = (x * sampling.model_input_scale(sigmas[i])).to(self.dtype)
-            output = unet(model_input, t, encoder_hidden_states=embeds, added_cond_kwargs=conditioning, return_dict=False)[0]
-            x0 = sampling.predicted_x0(output.float(), x, sigmas[i], prediction_type)
+            model_input = (x * sampling.model_input_scale(sigmas[i])).to(self.dtype).repeat(copies, 1, 1, 1)
+            output = unet(model_input, t, encoder_hidden_states=embeds, added_cond_kwargs=conditioning, return_dict=False)[0].float()
+            if guidance:
+                output = sampling.classifier_free_guidance(*output.chunk(2), guidance)
+            x0 = sampling.predicted_x0(output, x, sigmas[i], prediction_type)
             x = sampling.euler_step(x, x0, sigmas[i], sigmas[i + 1])
         return x
 

@@ -58,3 +58,8 @@ def euler_step(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: floa
     """x_next = x + (sigma_next - sigma) * d with d = (x - x0) / sigma; lands on x0 exactly when sigma_next = 0."""
     derivative = (x - x0) / sigma
     return x + (sigma_next - sigma) * derivative
+
+
+def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """out = out_u + w (out_c - out_u): the unconditional prediction pushed w times towards the conditional one."""
+    return uncond + scale * (cond - uncond)

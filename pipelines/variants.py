@@ -38,18 +38,26 @@ class Variant:
     unet_dir: str | None = None
     lora_file: str | None = None
     source_stage: str | None = None
+    guidance_scale: float = 0.0  # > 1: classifier-free guidance against zeroed unconditional embeddings (SDXL base)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
             raise InvalidModel(f"variant steps must be a positive integer, got {self.steps!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise InvalidModel(f"variant {self.steps}-step: prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale <= 30:
+            raise InvalidModel(f"variant {self.steps}-step: guidance_scale must be a number in [0, 30], got {self.guidance_scale!r}")
         if sum(x is not None for x in (self.unet_file, self.unet_dir, self.lora_file)) > 1:
             raise InvalidModel(f"variant {self.steps}-step names more than one of unet_file, unet_dir, lora_file")
 
     @property
     def is_lora(self) -> bool:
         return self.lora_file is not None
+
+    @property
+    def guided(self) -> bool:
+        """Whether this variant runs classifier-free guidance (as diffusers: only for a scale above 1)."""
+        return self.guidance_scale > 1
 
     @property
     def adapter_name(self) -> str:

@@ -44,3 +44,24 @@ def test_parity_uint8_output_is_the_rounded_float_output(tiny_engine):
     as_uint8 = tiny_engine.generate([request])[0].image
     assert as_uint8.dtype == np.uint8
     np.testing.assert_array_equal(as_uint8, np.round(as_float * 255).astype(np.uint8))
+
+
+def test_guided_variant_matches_stock_pipeline_with_cfg():
+    """A variant with guidance_scale 5 gives what StableDiffusionXLPipeline(guidance_scale=5) gives: doubled batch,
+    zeroed unconditional embeddings (force_zeros_for_empty_prompt), trailing Euler."""
+    from pipelines.engine import Engine
+    from pipelines.loading import load_model
+    from pipelines.variants import ModelSpec, Variant
+
+    spec = ModelSpec("tiny-cfg", "tiny", (Variant(4, "epsilon", guidance_scale=5.0),))
+    engine = Engine(load_model(spec, torch.device("cpu"), torch.float32, preview_vae=False))
+    pipe = StableDiffusionXLPipeline(**{**engine.pipe.components, "scheduler": spec.variant(4).scheduler(engine.pipe.scheduler.config)})
+    pipe.set_progress_bar_config(disable=True)
+    prompts, seeds = ["a red circle on the left", "a blue star"], [5, 6]
+    expected = pipe(prompts, num_inference_steps=4, guidance_scale=5.0, height=SIZE, width=SIZE,
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="np").images
+    unguided = stock_images(engine, prompts, seeds, 4)
+    results = engine.generate([GenerationRequest(p, seed=s, steps=4, width=SIZE, height=SIZE) for p, s in zip(prompts, seeds)],
+                              output_type="float")
+    np.testing.assert_allclose(np.stack([r.image for r in results]), expected, atol=1e-4, rtol=0)
+    assert np.abs(expected - unguided).max() > 1e-2  # guidance changes the picture, so the match above means something
