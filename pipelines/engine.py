@@ -71,7 +71,11 @@ class Engine:
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
         self.size_limits, self.default_size, self.check_finite = size_limits, default_size, check_finite
         self.steps = tuple(sorted(model.unets))
-        self.model_name = model.spec.name
+        self.model_name, self.description, self.examples = model.spec.name, model.spec.description, model.spec.examples
+        # The variant the live stream types with: the model's choice if loaded, else the fewest steps.
+        self.live_steps = model.spec.live_steps if model.spec.live_steps in self.steps else self.steps[0]
+        self.reference_steps = model.spec.reference_steps if model.spec.reference_steps in self.steps else None
+        self.guidance = {n: model.spec.variant(n).guidance_scale for n in self.steps if model.spec.variant(n).guided}
         self.prompt_cache, self.noise_cache = LRUCache(prompt_cache_size), LRUCache(noise_cache_size)
         self.warmup_seconds: float | None = None
         # Where torch.compile's artifacts are kept between runs (None: not kept), and whether this start found them.

@@ -6,6 +6,7 @@ folder, or are built in code (tiny, random-sdxl). Missing weights raise WeightsU
 file and how to get them, instead of a stack trace or a hang.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from . import architectures
@@ -71,6 +73,26 @@ def _builtin_pipeline(base: str) -> tuple[StableDiffusionXLPipeline, Autoencoder
     return StableDiffusionXLPipeline(**parts), vae_tiny
 
 
+def check_local_weights(folder: Path) -> None:
+    """Every weight file a local diffusers folder names must exist and be readable safetensors; otherwise one line
+    naming the file (from_pretrained would fail deep inside with a traceback, or silently fall back to pickle)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list) or spec[0] not in ("diffusers", "transformers"):
+            continue
+        sub = folder / component
+        if not sub.is_dir():
+            continue  # a tokenizer or scheduler the model index lists without files is diffusers' own business
+        if (sub / "config.json").is_file() and not list(sub.glob("*.safetensors")):
+            raise WeightsUnavailable(f"{sub}: no .safetensors weight file (model files are missing; restore them from the repository)")
+        for path in sub.glob("*.safetensors"):
+            try:
+                with safe_open(str(path), "pt") as f:
+                    f.keys()
+            except (SafetensorError, OSError) as error:
+                raise WeightsUnavailable(f"{path} is not a readable safetensors file ({error}); restore it from the repository") from None
+
+
 def _hub_pipeline(spec: ModelSpec, dtype: torch.dtype, device: torch.device, unet) -> StableDiffusionXLPipeline:
     """A hub id or a local diffusers folder. On CUDA in fp16 it gets the fp16-safe VAE, so decoding never needs
     diffusers' slow fp32 upcast of the stock SDXL VAE."""
@@ -79,7 +101,9 @@ def _hub_pipeline(spec: ModelSpec, dtype: torch.dtype, device: torch.device, une
         kwargs["unet"] = unet
     if device.type == "cuda" and dtype == torch.float16:
         kwargs["vae"] = _from_hub_or_folder(AutoencoderKL.from_pretrained, VAE_FP16_FIX, dtype=dtype)
-    if dtype == torch.float16 and not Path(spec.base).exists():
+    if Path(spec.base).is_dir():
+        check_local_weights(Path(spec.base))
+    elif dtype == torch.float16:
         kwargs["variant"] = "fp16"
     return _from_hub_or_folder(StableDiffusionXLPipeline.from_pretrained, spec.base, **kwargs)
 
@@ -115,7 +139,9 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, previe
         # When every variant brings its own UNet the base UNet would be 5 GB of dead weight: reuse one instead.
         shared = next(iter(unets.values())) if len(with_unet) == len(spec.variants) else None
         pipe = _hub_pipeline(spec, dtype, device, unet=shared)
-        vae_tiny = _from_hub_or_folder(AutoencoderTiny.from_pretrained, TAESD_XL, dtype=dtype) if preview_vae else None
+        # A local model may ship its own preview decoder (vae_tiny/), trained for its latent space; SDXL's is TAESD-XL.
+        own_tiny = Path(spec.base) / "vae_tiny"
+        vae_tiny = _from_hub_or_folder(AutoencoderTiny.from_pretrained, str(own_tiny) if own_tiny.is_dir() else TAESD_XL, dtype=dtype) if preview_vae else None
 
     adapters: dict[int, str | None] = {}
     for v in spec.variants:

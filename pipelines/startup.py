@@ -1,5 +1,7 @@
 """load_engine: pick device, precision and model, load, compile, and say plainly what runs and why."""
 
+import logging
+
 import torch
 
 from . import backends, variants
@@ -7,19 +9,28 @@ from .engine import Engine
 from .errors import InvalidModel, WeightsUnavailable
 from .loading import BUILTIN_BASES, load_model
 
+log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-EMBEDDED_DEFAULT = "tiny"
+EMBEDDED_DEFAULT = "shapes"
+LAST_RESORT = "tiny"  # built in code: starts even if the shipped shapes weights are missing
 # SDXL was trained from 512 to 2048 px; the tiny model is only useful small, and cheap enough on a CPU.
 SIZE_LIMITS = {"tiny": (64, 1024)}
 DEFAULT_SIZE = {"tiny": 256}
+NO_CUDA = ("No CUDA GPU found, so the embedded shapes model runs on the CPU: {description}. "
+           "Start with --model lightning on a CUDA machine for SDXL-Lightning.")
+
+
+FALLBACKS = {  # default model -> (what runs instead, the page's notice)
+    "lightning": (EMBEDDED_DEFAULT, "SDXL-Lightning could not be loaded ({error}) The embedded shapes model runs instead: {description}."),
+    EMBEDDED_DEFAULT: (LAST_RESORT, "{error}. The built-in tiny model runs instead; it is untrained, so its pictures are noise."),
+}
 
 
 def default_model(device: torch.device) -> tuple[str, str | None]:
     """Lightning on CUDA; otherwise the embedded default, with the reason, so the UI can say which model runs."""
     if device.type == "cuda":
         return "lightning", None
-    return EMBEDDED_DEFAULT, ("No CUDA GPU found, so the embedded tiny model runs on the CPU. It is untrained: "
-                              "its pictures are noise. Start with --model lightning on a CUDA machine for real images.")
+    return EMBEDDED_DEFAULT, NO_CUDA
 
 
 def load_engine(model: str | None = None, device: str | None = None, steps=None, backend: str = "eager",
@@ -29,17 +40,19 @@ def load_engine(model: str | None = None, device: str | None = None, steps=None,
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    if model is None:
-        model, notice = default_model(device)
+    if model is not None:
+        return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, None)
+    model, notice = default_model(device)
+    while True:
         try:
             return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice)
         except WeightsUnavailable as error:
-            # The default must start anywhere: with no weights reachable, serve the embedded model and say why.
-            model, notice = EMBEDDED_DEFAULT, (f"SDXL-Lightning could not be loaded ({error}) The embedded tiny model "
-                                               "runs instead. It is untrained: its pictures are noise.")
-    else:
-        notice = None
-    return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice)
+            # The default must start anywhere: with no weights reachable, serve the next embedded model and say why.
+            if model not in FALLBACKS:
+                raise
+            log.warning("default model %s unavailable: %s", model, error)
+            model, template = FALLBACKS[model]
+            notice = template.replace("{error}", str(error))
 
 
 def _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice) -> Engine:
@@ -55,7 +68,12 @@ def _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache
     cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)
     loaded = load_model(spec, device, torch_dtype, preview_vae == "tiny")
     key = spec.base if spec.base in BUILTIN_BASES else None
-    engine = Engine(loaded, backend, size_limits=SIZE_LIMITS.get(key, (256, 2048)), default_size=DEFAULT_SIZE.get(key, 1024),
+    size_limits, default_size = SIZE_LIMITS.get(key, (256, 2048)), DEFAULT_SIZE.get(key, 1024)
+    if spec.resolution:  # a model trained small (the shapes world) serves its own size and up to twice it
+        size_limits, default_size = (min(64, spec.resolution), 2 * spec.resolution), spec.resolution
+    if notice:
+        notice = notice.replace("{description}", spec.description or spec.name)
+    engine = Engine(loaded, backend, size_limits=size_limits, default_size=default_size,
                     notice=notice, check_finite=check_finite, compiler=compiler, compile_cache=cache, compile_cache_loaded=cache_loaded)
     if preview_vae == "tiny":
         engine.default_vae = "tiny"

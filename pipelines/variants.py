@@ -6,12 +6,12 @@ published SDXL-Lightning sets and what `distill export` writes are described the
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from diffusers import EulerDiscreteScheduler
 
-from .errors import InvalidModel
+from .errors import InvalidModel, WeightsUnavailable
 
 MANIFEST_NAME = "studio_manifest.json"
 MANIFEST_FORMAT = "lightning-studio/1"
@@ -21,6 +21,10 @@ SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 LIGHTNING_REPO = "ByteDance/SDXL-Lightning"
 VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
 TAESD_XL = "madebyollin/taesdxl"
+# The embedded default: the shapes world's model, shipped with the code (trained by `python -m distill.shapes`).
+SHAPES_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes"
+# Manifest keys that describe the model as a whole (all optional).
+MANIFEST_EXTRAS = ("description", "live_steps", "reference_steps", "resolution", "examples")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,11 @@ class ModelSpec:
     variants: tuple[Variant, ...]
     root: str | None = None  # folder that relative variant paths are resolved against
     base_kwargs: dict = field(default_factory=dict)
+    description: str | None = None  # one line for the page: what this model is
+    live_steps: int | None = None  # the variant the live stream types with (default: the fewest steps)
+    reference_steps: int | None = None  # the slow, best-quality variant the Compare panel measures the others against
+    resolution: int | None = None  # the size it was trained at (default image size)
+    examples: tuple[str, ...] = ()  # prompts the page offers to click
 
     def variant(self, steps: int) -> Variant:
         for v in self.variants:
@@ -91,7 +100,7 @@ class ModelSpec:
         missing = sorted(set(steps) - offered)
         if missing:
             raise InvalidModel(f"model {self.name!r} offers {sorted(offered)} steps, not {missing}")
-        return ModelSpec(self.name, self.base, tuple(v for v in self.variants if v.steps in steps), self.root, self.base_kwargs)
+        return replace(self, variants=tuple(v for v in self.variants if v.steps in steps))
 
 
 def lightning_unets(base: str = SDXL_BASE) -> ModelSpec:
@@ -121,7 +130,8 @@ def write_manifest(folder: Path, base: str, variants: list[Variant], **extra) ->
 
 
 def read_manifest(folder: Path) -> ModelSpec:
-    """A local folder's manifest -> ModelSpec; variant paths are relative to the folder."""
+    """A local folder's manifest -> ModelSpec; variant paths are relative to the folder, and a base_model of "."
+    is the folder itself (a diffusers folder that carries its own manifest, like the shapes model)."""
     folder = Path(folder)
     data = json.loads((folder / MANIFEST_NAME).read_text())
     if data.get("format") != MANIFEST_FORMAT:
@@ -133,15 +143,23 @@ def read_manifest(folder: Path) -> ModelSpec:
         if unknown:
             raise InvalidModel(f"{folder / MANIFEST_NAME}: unknown variant keys {sorted(unknown)}")
         variants.append(Variant(**entry))
-    return ModelSpec(folder.name, data["base_model"], tuple(variants), root=str(folder))
+    base = str(folder) if data["base_model"] == "." else data["base_model"]
+    extras = {key: data[key] for key in MANIFEST_EXTRAS if key in data}
+    extras["examples"] = tuple(extras.get("examples", ()))
+    return ModelSpec(folder.name, base, tuple(variants), root=str(folder), **extras)
 
 
 def resolve(model: str, base: str | None = None, steps: tuple[int, ...] | None = None) -> ModelSpec:
-    """--model value -> ModelSpec: tiny | random-sdxl | lightning | lightning-lora | a local folder.
+    """--model value -> ModelSpec: shapes | tiny | random-sdxl | lightning | lightning-lora | a local folder.
 
     A plain diffusers folder says nothing about its step count, so it serves the steps asked for (default 4)."""
     if model in ("tiny", "random-sdxl"):
         return builtin(model)
+    if model == "shapes":
+        if not (SHAPES_FOLDER / MANIFEST_NAME).is_file():
+            raise WeightsUnavailable(f"the embedded shapes model is missing: {SHAPES_FOLDER / MANIFEST_NAME} does not exist "
+                                     "(a checkout of the repository has it; retrain with `python -m distill.shapes pretrain`)")
+        return read_manifest(SHAPES_FOLDER)
     if model == "lightning":
         return lightning_unets(base or SDXL_BASE)
     if model == "lightning-lora":
@@ -154,4 +172,4 @@ def resolve(model: str, base: str | None = None, steps: tuple[int, ...] | None =
     if folder.exists():
         raise InvalidModel(f"{folder} holds neither {MANIFEST_NAME} nor a diffusers model_index.json")
     raise InvalidModel(
-        f"unknown model {model!r}: use tiny, random-sdxl, lightning, lightning-lora, or a local folder path")
+        f"unknown model {model!r}: use shapes, tiny, random-sdxl, lightning, lightning-lora, or a local folder path")

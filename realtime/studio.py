@@ -34,6 +34,8 @@ def describe_model(engine) -> str:
     if engine.notice:
         return engine.notice
     text = f"Model {engine.model_name} on {engine.device} ({engine.backend} backend), steps {', '.join(map(str, engine.steps))}."
+    if engine.description:
+        text += f" It is {engine.description}."
     if engine.model_name == "tiny":
         text += " The tiny model is untrained: its pictures are noise (it exists for tests and offline use)."
     return text
@@ -64,7 +66,8 @@ class Studio:
 
     def info(self) -> dict:
         return {
-            "model": self.engine.model_name, "variants": list(self.engine.steps), "device": str(self.engine.device),
+            "model": self.engine.model_name, "variants": list(self.engine.steps), "live_steps": self.engine.live_steps,
+            "device": str(self.engine.device),
             "backend": self.engine.backend, "size_limits": list(self.engine.size_limits),
             "default_size": self.engine.default_size, "notice": self.notice, "max_batch": self.config.max_batch,
             "protocol_version": 1,

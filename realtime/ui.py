@@ -40,8 +40,8 @@ def live_html(studio) -> str:
             f'<div id="studio-message" role="status"></div></div>')
 
 
-def _steps_label(steps: int) -> str:
-    return f"{steps} step" + ("" if steps == 1 else "s")
+def _steps_label(steps: int, guidance: float | None = None) -> str:
+    return f"{steps} step" + ("" if steps == 1 else "s") + (f" · CFG {guidance:g}" if guidance else "")
 
 
 def build_blocks(studio) -> gr.Blocks:
@@ -53,7 +53,14 @@ def build_blocks(studio) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Prompt (renders as you type)", elem_id="prompt", lines=2,
-                                    placeholder="a lighthouse on a cliff at dawn, volumetric light")
+                                    placeholder=engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light")
+                if engine.examples:
+                    with gr.Row(elem_id="examples"):
+                        gr.Markdown("Try:")
+                        for example in engine.examples:
+                            # Typed into the box as if by the user, so the live stream and Gradio both see it.
+                            gr.Button(example, size="sm", scale=0, elem_classes="example").click(
+                                None, js=f"() => window.studio && window.studio.setPrompt({json.dumps(example)})")
                 if studio.config.gradio_events:
                     live = gr.Image(label="Live", elem_id="live-gradio", interactive=False, format="jpeg")
                     hud = gr.Markdown(elem_id="gradio-hud")
@@ -63,7 +70,7 @@ def build_blocks(studio) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
                     randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
-                    steps = gr.Radio(steps_choices, value=steps_choices[0], label="Steps (loaded variants)", elem_id="steps")
+                    steps = gr.Radio(steps_choices, value=engine.live_steps, label="Steps (loaded variants)", elem_id="steps")
                     size = gr.Radio(sizes, value=engine.default_size, label="Size (px, square)", elem_id="size")
             with gr.Column(scale=2):
                 gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
@@ -94,13 +101,16 @@ def _requests(prompt, seed, size, steps_list) -> list[GenerationRequest]:
 
 
 def compare_steps(studio, prompt, seed, size):
-    """Render prompt+seed at every loaded step count through the GPU worker; -> (gallery items, latency table)."""
-    requests = _requests(prompt, seed, size, studio.engine.steps)
+    """Render prompt+seed at every loaded step count through the GPU worker; -> (gallery items, latency table).
+    The model's reference variant (its slow best, e.g. the base model at 32 steps with CFG) comes first, then the
+    others from most to fewest steps."""
+    engine = studio.engine
+    requests = _requests(prompt, seed, size, sorted(engine.steps, key=lambda n: (n != engine.reference_steps, -n)))
     try:
         results = studio.worker.run(requests, vae="full")
     except StudioError as e:
         raise gr.Error(str(e)) from None
-    items = [(r.image, f"{_steps_label(r.request.steps)} · {r.timings_ms['total']:.0f} ms") for r in results]
+    items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
     rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
     rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |"
              for r in results]

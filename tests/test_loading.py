@@ -133,7 +133,19 @@ def test_default_model_falls_back_to_the_embedded_one_when_lightning_weights_are
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(startup, "default_model", lambda device: ("lightning", None))  # as on a CUDA machine
     engine = load_engine(device="cpu", steps=[1])
-    assert engine.model_name == "tiny"
+    assert engine.model_name == "shapes"
     assert "SDXL-Lightning could not be loaded" in engine.notice and "sdxl_lightning_1step_unet_x0.safetensors" in engine.notice
+    assert "coloured shapes" in engine.notice  # says what runs instead
     with pytest.raises(WeightsUnavailable):  # asked for by name, it is an error, not a silent substitution
         load_engine("lightning", device="cpu", steps=[1])
+
+
+def test_default_falls_back_to_tiny_when_the_shapes_weights_are_missing_too(monkeypatch, tmp_path):
+    from pipelines import startup, variants
+
+    monkeypatch.setattr(variants, "SHAPES_FOLDER", tmp_path / "no-shapes-here")
+    engine = load_engine(device="cpu", steps=[1])
+    assert engine.model_name == "tiny"
+    assert "no-shapes-here" in engine.notice and "pictures are noise" in engine.notice
+    with pytest.raises(WeightsUnavailable, match="no-shapes-here"):
+        load_engine("shapes", device="cpu")

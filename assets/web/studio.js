@@ -17,7 +17,7 @@
     hud = document.getElementById("studio-hud");
     messageBox = document.getElementById("studio-message");
     config = JSON.parse(root.dataset.config);
-    state.steps = config.variants[0];
+    state.steps = config.live_steps ?? config.variants[0];
     state.width = state.height = config.size;
     const box = document.querySelector("#prompt textarea");
     if (box && box.value) state.prompt = box.value;
@@ -84,6 +84,8 @@
     if (header.seq <= lastDrawn) return; // a newer frame was decoded meanwhile
     if (canvas.width !== header.width || canvas.height !== header.height) {
       canvas.width = header.width; canvas.height = header.height;
+      // A small frame (the shapes model's 128 px) is scaled up with crisp pixels instead of a bilinear smear.
+      canvas.classList.toggle("upscaled", header.width < 384);
     }
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
     bitmap.close();
@@ -110,6 +112,13 @@
 
   function setState(s) { if (root) root.dataset.state = s; }
   function showMessage(text) { if (messageBox) messageBox.textContent = text || ""; }
+
+  function setPrompt(text) { // an example prompt, typed into the box as the user would (Gradio and the stream both see it)
+    const box = document.querySelector("#prompt textarea");
+    if (!box) return;
+    box.value = text;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+  }
 
   function update(changes) {
     if ("seed" in changes) state.seed = Math.max(0, Math.floor(Number(changes.seed) || 0));
@@ -159,6 +168,6 @@
     return link.download;
   }
 
-  window.studio = { update, snapshot, state, get lastSeq() { return lastDrawn; } };
+  window.studio = { update, setPrompt, snapshot, state, get lastSeq() { return lastDrawn; } };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init); else init();
 })();

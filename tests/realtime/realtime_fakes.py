@@ -16,8 +16,8 @@ FAIL_PROMPT = "<fail>"  # a prompt the wrapped engines refuse, to exercise one r
 class FakeEngine:
     """The engine contract without a model: flat images whose colour encodes the seed. `gate` holds warm-up."""
 
-    model_name, device, backend, notice = "fake", "cpu", "eager", None
-    steps, size_limits, default_size, default_vae = (1, 2), (64, 512), 64, "full"
+    model_name, device, backend, notice, description, examples = "fake", "cpu", "eager", None, None, ()
+    steps, live_steps, reference_steps, guidance, size_limits, default_size, default_vae = (1, 2), 1, None, {}, (64, 512), 64, "full"
 
     def __init__(self, gate: threading.Event | None = None):
         self.gate = gate
