@@ -9,6 +9,8 @@ from pipelines.errors import StudioError
 EPILOG = """examples:
   python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml            # judge, autoencoders, base UNet
   python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml --resume   # after a kill, at any moment
+  python -m distill.shapes ship --config distill/configs/shapes_pretrain.toml                # -> assets/models/shapes
+  python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
 docs: docs/shapes.md"""
 
 
@@ -20,6 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", type=Path, required=True)
     pre.add_argument("--resume", action="store_true", help="continue the part that was running from its latest checkpoint")
     pre.add_argument("--parts", nargs="+", help="run only these parts (in pipeline order)")
+
+    ship = sub.add_parser("ship", help="write the finished base model (fp16) and the judge into assets/")
+    ship.add_argument("--config", type=Path, required=True, help="the pre-training config that was run")
+    ship.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
+
+    ev = sub.add_parser("eval", help="generate the evaluation prompts with a model variant and score them with the judge")
+    ev.add_argument("--model", default="shapes", help="anything --model takes: shapes, a distill export folder, ...")
+    ev.add_argument("--steps", type=int, required=True, help="the variant (step count) to evaluate")
+    ev.add_argument("--json", type=Path, required=True, help="where to write the metrics")
+    ev.add_argument("--per-group", type=int, default=32, help="prompts per group (single, two, held_out)")
+    ev.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    ev.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped one)")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (timings are steadier with 1)")
     return parser
 
 
@@ -35,10 +50,37 @@ def main(argv=None) -> int:
             if unknown:
                 raise StudioError(f"--parts: unknown part(s) {sorted(unknown)}; the parts are {', '.join(pretrain.PARTS)}")
             pretrain.pretrain(c, resume=args.resume, parts=parts)
+        elif args.command == "ship":
+            from . import config, ship
+
+            out = ship.ship(config.load(args.config), args.out or ship.SHAPES_FOLDER)
+            print(f"wrote {out} and {ship.JUDGE_FILE}")
+        elif args.command == "eval":
+            run_eval(args)
         return 0
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def run_eval(args) -> None:
+    import torch
+
+    from pipelines import load_engine
+
+    from . import evaluate, judge
+    from .ship import JUDGE_FILE
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    judge_path = args.judge or JUDGE_FILE
+    if not Path(judge_path).is_file():
+        raise StudioError(f"judge weights {judge_path} do not exist (python -m distill.shapes pretrain --parts judge, then ship)")
+    engine = load_engine(args.model, device="cpu", steps=[args.steps])
+    result = evaluate.evaluate(engine, judge.load(judge_path), args.steps, args.per_group, args.seeds, engine.default_size)
+    evaluate.write_json(result, args.json, args.model)
+    row = evaluate.summary_row(result)
+    print(f"{args.model} {args.steps} steps: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
 
 
 if __name__ == "__main__":

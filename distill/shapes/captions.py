@@ -36,8 +36,13 @@ class Spec:
     background: str | None = None
 
 
+def _usual(rng: random.Random, options) -> str:
+    """The first option 60 % of the time (the plain phrasing users type most), otherwise one of the others."""
+    return options[0] if len(options) == 1 or rng.random() < 0.6 else rng.choice(options[1:])
+
+
 def _word(rng: random.Random, table: dict, key: str) -> str:
-    return rng.choice(table.get(key, (key,)))
+    return _usual(rng, table.get(key, (key,)))
 
 
 def _article(word: str) -> str:
@@ -46,12 +51,12 @@ def _article(word: str) -> str:
 
 def _place(rng: random.Random, position: str) -> str:
     if position in PLACE_PHRASES:
-        return rng.choice(PLACE_PHRASES[position])
-    return rng.choice(CORNER_PHRASES).format(position)
+        return _usual(rng, PLACE_PHRASES[position])
+    return _usual(rng, CORNER_PHRASES).format(position)
 
 
 def _background(rng: random.Random, background: str) -> str:
-    return rng.choice(("on a {} background", "against a {} background", "with a {} background")).format(
+    return _usual(rng, ("on a {} background", "against a {} background", "with a {} background")).format(
         _word(rng, BACKGROUND_WORDS, background))
 
 
@@ -75,7 +80,7 @@ def caption(scene: Scene, rng: random.Random) -> tuple[str, Spec]:
     places = [_place(rng, o.position) for o in order] if mention_place else [""] * len(order)
     background = _background(rng, scene.background) if mention_background else ""
     bg_word = _word(rng, BACKGROUND_WORDS, scene.background)
-    style = rng.randrange(3)
+    style = rng.choices((0, 1, 2), (2, 1, 1))[0]
     if style == 0:  # "a small blue star at the top right on a black background"
         text = " and ".join(f"{n} {p}".strip() for n, p in zip(nouns, places)) + (f" {background}" if background else "")
     elif style == 1:  # "green square, center, white background"

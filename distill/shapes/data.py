@@ -8,11 +8,12 @@ import torch
 
 from .captions import caption
 from .judge import to_tensor
+from .loop import stable_seed
 from .world import Scene, render, scene_from_seed
 
 
 def scene_seed(seed: int, index: int) -> int:
-    return hash((seed, "scene", index)) & ((1 << 63) - 1)
+    return stable_seed(seed, "scene", index)
 
 
 def training_scene(seed: int, index: int) -> Scene:

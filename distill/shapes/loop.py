@@ -6,6 +6,7 @@ another config); a step's randomness comes from a generator seeded by (seed, par
 moment and resumed draws exactly the batches the uninterrupted run would have.
 """
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +45,14 @@ class Part:
     extra_state: dict = field(default_factory=dict)
 
 
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from values, the same in every process (Python's hash() of a str changes per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
 def step_generator(seed: int, part: str, step: int) -> torch.Generator:
     """A CPU generator for (seed, part, step): the same draws whether the run was interrupted or not."""
-    return torch.Generator().manual_seed(hash((seed, part, step)) & ((1 << 63) - 1))
+    return torch.Generator().manual_seed(stable_seed(seed, part, step))
 
 
 def make_accelerator(folder: Path) -> Accelerator:

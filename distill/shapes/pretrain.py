@@ -7,7 +7,10 @@ Each part trains through `loop.run` (resumable checkpoints, tqdm with ETA, tenso
 
 import json
 
+import torch
+
 from .config import PretrainConfig
+from .loop import stable_seed
 from .parts import DONE, final_dir, is_done
 from .train_autoencoders import cache_latents, train_vae, train_vae_tiny
 from .train_base import train_unet
@@ -24,5 +27,7 @@ def pretrain(c: PretrainConfig, resume: bool = False, parts=PARTS, stop_after: i
         if is_done(c, part):
             reports[part] = json.loads((final_dir(c, part) / DONE).read_text())
             continue
-        reports[part] = TRAINERS[part](c, resume, stop_after)
+        with torch.random.fork_rng(devices=[]):  # a part's initial weights depend only on (seed, part)
+            torch.manual_seed(stable_seed(c.train.seed, part))
+            reports[part] = TRAINERS[part](c, resume, stop_after)
     return reports

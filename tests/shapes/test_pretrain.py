@@ -1,0 +1,135 @@
+"""Pre-training of the shapes world in miniature (every part, seconds): it learns, it ships a model the studio loads,
+a real SIGKILL mid-run resumes to the uninterrupted weights, and a bad config is refused naming the key."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from distill.config import ConfigError
+from distill.shapes import config as shapes_config
+from distill.shapes.pretrain import PARTS, pretrain
+
+MINI = """
+[world]
+resolution = 64
+train_scenes = 64
+[judge]
+steps = 4
+batch_size = 8
+eval_images = 16
+[vae]
+steps = 30
+batch_size = 8
+crop = 32
+lr = 3e-3
+[vae_tiny]
+steps = 4
+batch_size = 4
+[text]
+hidden_size = 16
+intermediate_size = 32
+[unet]
+block_out_channels = [16, 32]
+transformer_layers_per_block = [1, 1]
+attention_head_dim = [2, 4]
+steps = 40
+batch_size = 8
+lr = 3e-3
+warmup_steps = 5
+sample_every = 40
+sample_steps = 2
+[train]
+output_dir = "{out}"
+checkpoint_every = 10
+log_every = 1
+"""
+
+
+def mini_config(tmp: Path, name: str = "run") -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(MINI.replace("{out}", str(tmp / name)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shapes")
+    c = shapes_config.load(mini_config(tmp))
+    return c, pretrain(c)
+
+
+def _scalars(folder: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(folder / "logs" / "shapes"))  # accelerate writes under the tracker's project name
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def test_every_part_finishes_with_its_report(finished):
+    c, reports = finished
+    assert set(reports) == set(PARTS)
+    assert reports["vae"]["scaling_factor"] > 0 and np.isfinite(reports["vae"]["psnr"])
+    assert reports["latents"]["count"] == 64
+    assert set(reports["judge"]["held_out_accuracy"]) >= {"count", "colour", "shape"}
+    assert (Path(c.train.output_dir) / "unet" / "samples" / "step-000040.png").is_file()  # the sample grid
+
+
+def test_the_miniature_run_lowers_its_losses(finished):
+    c, _ = finished
+    out = Path(c.train.output_dir)
+    for part, tag in (("vae", "vae/loss"), ("unet", "unet/loss")):
+        losses = _scalars(out / part, tag)
+        assert len(losses) == {"vae": c.vae.steps, "unet": c.unet.steps}[part]
+        assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), (part, losses)
+
+
+def test_shipped_miniature_loads_in_the_engine_with_its_manifest(finished, tmp_path):
+    from distill.shapes.ship import ship
+    from pipelines import GenerationRequest, load_engine
+
+    c, _ = finished
+    out = ship(c, tmp_path / "model", judge_out=tmp_path / "judge.safetensors")
+    assert (tmp_path / "judge.safetensors").is_file()
+    assert all(f.dtype == torch.float16 for f in load_file(out / "unet" / "diffusion_pytorch_model.safetensors").values())
+    engine = load_engine(str(out), device="cpu", preview_vae="tiny")
+    assert engine.steps == (1, 2, 4, 8, 32) and engine.reference_steps == 32 and engine.guidance == {n: 5.0 for n in engine.steps}
+    assert engine.default_size == 64 and "coloured shapes" in engine.description and engine.examples
+    (result,) = engine.generate([GenerationRequest("a photo of a cat", seed=1, steps=2, width=64, height=64)])
+    assert result.image.shape == (64, 64, 3)  # a prompt from outside the world still renders
+
+
+def test_a_config_with_an_unknown_key_is_refused_naming_it(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[unet]\nstep = 10\n")
+    with pytest.raises(ConfigError, match=r"^unet\.step: unknown key"):
+        shapes_config.load(path)
+    result = subprocess.run([sys.executable, "-m", "distill.shapes", "pretrain", "--config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: unet.step: unknown key (known: " + result.stderr.split("(known: ")[1].strip()]
+
+
+def test_sigkill_mid_unet_training_then_resume_gives_the_uninterrupted_weights(finished, tmp_path):
+    c_done, _ = finished
+    config = mini_config(tmp_path, "killed")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    command = [sys.executable, "-m", "distill.shapes", "pretrain", "--config", str(config)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "unet" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not latest.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # somewhere after the first UNet checkpoint, wherever it happens to be
+    process.wait()
+    assert latest.is_file() and not (tmp_path / "killed" / "unet" / "final").exists()
+    subprocess.run(command + ["--resume"], env=env, check=True, capture_output=True)
+    resumed = load_file(tmp_path / "killed" / "unet" / "final" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    expected = load_file(Path(c_done.train.output_dir) / "unet" / "final" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    for key, value in expected.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
