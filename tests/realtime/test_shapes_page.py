@@ -1,0 +1,69 @@
+"""The page a newcomer sees: `python app.py` on a CPU serves the embedded shapes model. In real headless Chromium:
+the notice says what the model is, an example prompt is one click, the frame is drawn upscaled crisp, and Compare
+steps puts the base model's 32-step CFG reference first. UPDATE_SCREENSHOT=1 refreshes docs/studio.png from it."""
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import sync_playwright
+from realtime_fakes import serve, wait_until
+from test_realtime_browser import CHROMIUM, FLAGS, WAIT_MS, dataset, wait_for_last_frame
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "studio.png"
+
+
+@pytest.fixture(scope="module")
+def shapes_page():
+    from pipelines import load_engine
+    from realtime.server import create_app
+    from realtime.studio import Studio, StudioConfig
+
+    engine = load_engine(device="cpu")  # the default, as `python app.py` picks it on a machine without CUDA
+    studio = Studio(engine, StudioConfig(max_clients=4)).start()
+    wait_until(lambda: studio.worker.ready, "warm-up", limit_s=300)
+    with serve(create_app(studio)) as address, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"http://{address}/")
+        page.wait_for_selector("#studio-root[data-state='ready']")
+        yield page, studio
+        browser.close()
+    studio.stop()
+
+
+def test_the_default_page_serves_the_shapes_model_and_says_what_it_is(shapes_page):
+    page, studio = shapes_page
+    assert studio.engine.model_name == "shapes"
+    assert "a small model trained on a world of coloured shapes" in page.locator("#notice").inner_text()
+
+
+def test_an_example_prompt_is_one_click_and_its_frame_is_drawn_upscaled(shapes_page):
+    page, studio = shapes_page
+    example = studio.engine.examples[0]
+    page.locator("#examples button", has_text=example).click()
+    assert page.locator("#prompt textarea").input_value() == example
+    state = wait_for_last_frame(page)
+    assert int(state["frames"]) >= 1
+    canvas = page.locator("#live-canvas")
+    assert canvas.get_attribute("width") == "128" and "upscaled" in canvas.get_attribute("class")
+    assert canvas.bounding_box()["width"] >= 384  # shown at a comfortable size, not at 128 px
+    assert f"{studio.engine.live_steps} step" in page.locator("#studio-hud").inner_text()
+
+
+def test_compare_puts_the_reference_first_then_fewer_steps(shapes_page, tmp_path):
+    page, studio = shapes_page
+    page.click("#compare")
+    page.wait_for_function("n => { const imgs = [...document.querySelectorAll('#compare-gallery img')];"
+                           " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                           arg=len(studio.engine.steps))
+    rows = page.locator("#compare-latency table tbody tr")
+    order = [int(rows.nth(i).locator("td").first.inner_text()) for i in range(rows.count())]
+    assert order[0] == studio.engine.reference_steps == 32 and order[1:] == sorted(order[1:], reverse=True)
+    assert "CFG 5" in page.locator("#compare-gallery").inner_text()
+    shot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "studio.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert Image.open(shot).size[0] >= 1000
+    assert dataset(page)["state"] == "ready"
