@@ -23,8 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--model", default=None, help="tiny | random-sdxl | lightning | lightning-lora | a local folder "
-                                                 "(default: lightning on CUDA, else the embedded model)")
+    p.add_argument("--model", default=None, help="shapes | tiny | random-sdxl | lightning | lightning-lora | a local folder "
+                                                 "(default: lightning on CUDA, else the embedded shapes model)")
     p.add_argument("--variants", type=int, nargs="+", default=None, help="step counts to load, e.g. 1 2 4 8")
     p.add_argument("--backend", default="eager", choices=("eager", "compile", "tensorrt"),
                    help="eager; compile (torch.compile, CUDA graphs on CUDA; artifacts cached on disk); tensorrt (extra)")

@@ -65,10 +65,11 @@ def bench_engine(engine, steps, batch, size, vae, repeats, warmup) -> dict:
 
 def bench_stock(engine, steps, batch, size, repeats, warmup) -> float:
     pipe = stock_pipeline(engine, steps)
+    guidance = engine.model.spec.variant(steps).guidance_scale  # 0 for Lightning; the shapes base model's reference: 5
 
     def run(i):
         generators = [torch.Generator("cpu").manual_seed(b) for b in range(batch)]
-        pipe([f"{PROMPT} #{next(_PROMPT_IDS)}" for b in range(batch)], num_inference_steps=steps, guidance_scale=0.0,
+        pipe([f"{PROMPT} #{next(_PROMPT_IDS)}" for b in range(batch)], num_inference_steps=steps, guidance_scale=guidance,
              height=size, width=size, generator=generators, output_type="pil")
 
     return median_ms(run, repeats, warmup, engine.device)
@@ -117,7 +118,8 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
                 for vae in vaes:
                     unet_flops, decode_flops = flops[(steps, batch, vae)]
                     row = bench_engine(engine, steps, batch, size, vae, repeats, warmup)
-                    unet_tflops = unet_flops * steps / (row["stages_ms"]["denoise"] / 1000) / 1e12
+                    passes = steps * (2 if steps in engine.guidance else 1)  # CFG runs every step on a doubled batch
+                    unet_tflops = unet_flops * passes / (row["stages_ms"]["denoise"] / 1000) / 1e12
                     decode_tflops = decode_flops / (row["stages_ms"]["decode"] / 1000) / 1e12
                     stock_row = stock_ms[(steps, batch)]
                     row.update(model=model, size=size, steps=steps, batch=batch, backend=backend, vae=vae,

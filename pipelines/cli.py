@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 EPILOG_GENERATE = """examples:
+  python -m pipelines generate "a red circle on the left" --model shapes --steps 32 --out c.png (offline, CPU)
   python -m pipelines generate "a red fox in snow" --model tiny --size 256 --out fox.png     (offline, CPU)
   python -m pipelines generate "a red fox in snow" --model lightning --steps 2 --out fox.png  (CUDA + hub weights)
   python -m pipelines generate "a red fox in snow" --model ./my-export --steps 4             (a `distill export` folder)
@@ -13,7 +14,7 @@ EPILOG_BENCH = """example (GPU, the issue's configuration):
   python -m pipelines bench --model random-sdxl --device cuda --size 1024 --steps 1 2 --batch 1 4 \\
       --backend eager compile --vae full tiny --json docs/benchmarks/h100.json
 """
-MODEL_HELP = ("tiny (offline, built in code; pictures are noise), lightning (SDXL-Lightning full UNets, 1/2/4/8 steps), "
+MODEL_HELP = ("shapes (the embedded model trained on a world of coloured shapes, 128 px, offline), tiny (offline, built in code; pictures are noise), lightning (SDXL-Lightning full UNets, 1/2/4/8 steps), "
               "lightning-lora (LoRAs, 2/4/8 steps, on --base), random-sdxl (SDXL architecture, random weights), "
               "or a local folder (diffusers pipeline or a `distill export`). Default: lightning on CUDA, else tiny")
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--base", default=None, help="SDXL base for lightning-lora (hub id or local folder; default SDXL base 1.0)")
     gen.add_argument("--steps", type=int, default=None, help="denoising steps; must be a variant the model offers (default: its fewest)")
     gen.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same image (default 0)")
-    gen.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 8 (default 1024; 256 for tiny)")
+    gen.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 8 (default: the model's own size)")
     gen.add_argument("--width", type=int, default=None, help="overrides --size for the width")
     gen.add_argument("--height", type=int, default=None, help="overrides --size for the height")
     gen.add_argument("--vae", choices=("full", "tiny"), default="full", help="decoder: full SDXL VAE, or the tiny autoencoder (faster, less detail)")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="tiny", help="tiny or random-sdxl (or any --model of generate)")
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     bench.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None)
-    bench.add_argument("--size", type=int, default=None, help="image side (default 1024; 256 for tiny)")
+    bench.add_argument("--size", type=int, default=None, help="image side (default 1024; 256 for tiny; 128 for shapes)")
     bench.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     bench.add_argument("--batch", type=int, nargs="+", default=[1])
     bench.add_argument("--backend", nargs="+", default=["eager"], choices=("eager", "compile", "tensorrt"))
@@ -91,7 +92,7 @@ def bench(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    size = args.size or (256 if args.model == "tiny" else 1024)
+    size = args.size or {"tiny": 256, "shapes": 128}.get(args.model, 1024)
     report = run_benchmark(args.model, args.device, size, args.steps, args.batch, args.backend, args.vae,
                            repeats=args.repeats, warmup=args.warmup, dtype=args.dtype)
     if args.json:
