@@ -3,8 +3,8 @@
 Seconds per optimizer step and peak GPU memory per phase type, through the training loop's own step functions
 (train.distill_step / train.optimizer_step), bf16 autocast and gradient checkpointing, as a JSON file:
 
-    python -m distill.bench_gpu --out docs/benchmarks/distill_$(nvidia-smi --query-gpu=name --format=csv,noheader | tr ' ' _).json
-    python -m distill.bench_gpu --model tiny --resolution 64 --device cpu --precision no --out /tmp/bench.json  # smoke test
+    python -m distill.bench_gpu --json docs/benchmarks/distill_$(nvidia-smi --query-gpu=name --format=csv,noheader | tr ' ' _).json
+    python -m distill.bench_gpu --model tiny --resolution 64 --device cpu --precision no --json /tmp/bench.json  # smoke test
 
 A phase that runs out of memory is recorded as such and the rest still run.
 """
@@ -106,7 +106,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1, help="timed optimizer steps per phase (after one warm-up step)")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--phases", nargs="*", choices=[name for name, _ in PHASE_TYPES], help="default: all")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--json", type=Path, required=True, help="where to write the report")
     args = parser.parse_args(argv)
 
     accelerator = Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu")
@@ -132,9 +132,9 @@ def main(argv=None):
     report = {"device": device_name, "torch": torch.__version__, "diffusers": diffusers.__version__, "model": args.model,
               "resolution": args.resolution, "batch_size": args.batch_size, "precision": args.precision,
               "gradient_checkpointing": not args.no_gradient_checkpointing, "lora_rank": args.lora_rank, "phases": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.json}")
     return report
 
 

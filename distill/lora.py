@@ -1,5 +1,5 @@
 """The student's LoRA: rank 64 on every conv and linear layer except conv_in, conv_out and the shared time/add
-embeddings (REFERENCE §5, as in LCM-LoRA); the teacher is the same UNet with the adapter disabled."""
+embeddings (as in LCM-LoRA); the teacher is the same UNet with the adapter disabled."""
 
 from contextlib import contextmanager
 

@@ -1,7 +1,7 @@
 """The ASGI app: /ws, /healthz and /metrics on FastAPI, with the Gradio UI mounted at / last.
 
 Order matters: gr.mount_gradio_app mounts a catch-all at "/", so our routes must be registered before it. SSR is
-off because Gradio's Node SSR proxy does not forward WebSocket upgrades (REFERENCE §7).
+off because Gradio's Node SSR proxy does not forward WebSocket upgrades.
 """
 
 from pathlib import Path

@@ -2,7 +2,7 @@
 Compare-steps panel.
 
 The live image does not go through Gradio events: each Gradio output travels through the file cache and an HTTP
-fetch, too slow per keystroke (REFERENCE §7). The JS client owns the stream; Gradio only tells it when a control
+fetch, too slow per keystroke. The JS client owns the stream; Gradio only tells it when a control
 changes (js-only events, no server round trip). With --gradio-events (hosts where a custom WebSocket cannot work,
 e.g. ZeroGPU Spaces) the image is a plain gr.Image driven by prompt.input(trigger_mode="always_last") instead.
 """
