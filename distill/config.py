@@ -16,7 +16,7 @@ ADVERSARIAL = ("conditional", "unconditional")
 PARAMS = ("lora", "full")
 TEACHERS = ("previous", "skip")
 DATA_SOURCES = ("prompts", "folder", "tar", "cache")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "bf16")
 
 
 class ConfigError(StudioError, ValueError):
@@ -206,7 +206,10 @@ def validate(c: Config):
     _check(d.generate_steps >= 1, "data.generate_steps", "must be >= 1")
     _check(d.samples_per_prompt >= 1, "data.samples_per_prompt", "must be >= 1")
     _check(d.shard_size >= 1, "data.shard_size", "must be >= 1")
-    _check(t.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"must be one of {MIXED_PRECISION}")
+    # fp16 would need the student's gradient through D to pass accelerate's loss scaler, which the G step bypasses
+    # (it backpropagates D's input gradient by hand); bf16 needs no scaler and is what the paper trains in.
+    _check(t.mixed_precision in MIXED_PRECISION, "train.mixed_precision",
+           f"must be one of {MIXED_PRECISION} (fp16 is refused: its loss scaling does not cover the adversarial G step; use bf16)")
     for key in ("batch_size", "gradient_accumulation_steps", "lora_rank", "checkpoint_every", "keep_checkpoints", "log_every"):
         _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
     _check(t.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")

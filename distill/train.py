@@ -43,7 +43,7 @@ from .student import student_step
 from .validation import decode, sample, save_validation, validation_inputs
 from .x0_conversion import implied_x0
 
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 COND_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
 
 

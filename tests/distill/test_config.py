@@ -77,6 +77,7 @@ BAD = [
     (("data", "resolution"), 100, "data.resolution: must be a positive multiple of 8"),
     (("data", "source"), "folder", "data.path: source 'folder' needs a path"),
     (("train", "mixed_precision"), "fp8", "train.mixed_precision: must be one of"),
+    (("train", "mixed_precision"), "fp16", "fp16 is refused: its loss scaling does not cover the adversarial G step"),
     (("train", "batch_size"), True, "train.batch_size: expected int"),
 ]
 
