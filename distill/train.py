@@ -137,7 +137,14 @@ def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: in
         with torch.random.fork_rng(devices=[]):  # LoRA A's init must not depend on what ran before (resume)
             torch.manual_seed(seed)
             add_lora(student, rank=lora_rank)
+        # The frozen base runs in the compute dtype below, but the merge must land on the stage's fp32 starting
+        # weights: merging onto a bf16-rounded base would erase the small updates of the previous full phases.
+        student.fp32_base = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in student.named_parameters() if not p.requires_grad}
     if phase.params == "full" and j > 0 and stage.phases[j - 1].params == "lora":
+        for name, p in student.named_parameters():
+            if name in student.fp32_base:
+                p.data = student.fp32_base[name].to(p.device)
+        del student.fp32_base
         student = merge_lora(student.float())
     if phase.params == "full":
         return student.float().requires_grad_(True)

@@ -125,3 +125,25 @@ def test_lora_phase_gradients_reach_only_the_lora(lora_unet, inputs):
     with_grad = {n for n, p in lora_unet.named_parameters() if p.grad is not None}
     trainable = {n for n, p in lora_unet.named_parameters() if p.requires_grad}
     assert with_grad == trainable and all("lora_" in n for n in with_grad)
+
+
+def test_merge_lands_on_the_stages_fp32_weights_not_their_bf16_rounding():
+    """A LoRA phase runs its frozen base in bf16; the merge that follows must start from the fp32 weights the stage
+    began with, or the previous full phase's small updates are rounded away at every stage boundary."""
+    from distill.config import PhaseConfig, StageConfig
+    from distill.train import shape_student
+    from pipelines.architectures import tiny_components
+
+    student = tiny_components()["unet"].float()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1e-4 * torch.randn_like(p))  # updates far below bf16's resolution at these magnitudes
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    stage = StageConfig("s", 8, 4, (PhaseConfig("conditional", "lora", 1, 1e-3), PhaseConfig("unconditional", "full", 1, 1e-3)))
+    student = shape_student(student, stage, 0, 4, torch.bfloat16, seed=0)
+    assert any(p.dtype == torch.bfloat16 for p in student.parameters())  # the LoRA phase's frozen base is bf16
+    merged = shape_student(student, stage, 1, 4, torch.bfloat16, seed=0)  # LoRA B starts at zero: merge adds nothing
+    after = merged.state_dict()
+    assert set(after) == set(start)
+    for key, value in start.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
