@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="generate the evaluation prompts with a model variant and score them with the judge")
     ev.add_argument("--model", default="shapes", help="anything --model takes: shapes, a distill export folder, ...")
-    ev.add_argument("--steps", type=int, required=True, help="the variant (step count) to evaluate")
+    ev.add_argument("--steps", type=int, nargs="+", required=True, help="the variants (step counts) to evaluate, one row each")
     ev.add_argument("--json", type=Path, required=True, help="where to write the metrics")
+    ev.add_argument("--grid", type=Path, default=None, help="also write a PNG: the same prompts and seed across the rows")
     ev.add_argument("--per-group", type=int, default=32, help="prompts per group (single, two, held_out)")
     ev.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
     ev.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped one)")
@@ -76,11 +77,13 @@ def run_eval(args) -> None:
     judge_path = args.judge or JUDGE_FILE
     if not Path(judge_path).is_file():
         raise StudioError(f"judge weights {judge_path} do not exist (python -m distill.shapes pretrain --parts judge, then ship)")
-    engine = load_engine(args.model, device="cpu", steps=[args.steps])
-    result = evaluate.evaluate(engine, judge.load(judge_path), args.steps, args.per_group, args.seeds, engine.default_size)
-    evaluate.write_json(result, args.json, args.model)
-    row = evaluate.summary_row(result)
-    print(f"{args.model} {args.steps} steps: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
+    engine = load_engine(args.model, device="cpu", steps=args.steps)
+    rows = [evaluate.evaluate(engine, judge.load(judge_path), n, args.per_group, args.seeds, engine.default_size) for n in args.steps]
+    evaluate.write_json(rows, args.json, args.model)
+    print(evaluate.markdown_table(rows, args.model))
+    if args.grid:
+        evaluate.save_grid(rows, args.grid)
+        print(f"wrote {args.grid}")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,35 @@ def summary_row(result: dict) -> dict:
             "cpu_ms_per_image": result["cpu_ms_per_image"]}
 
 
-def write_json(result: dict, path: Path, model: str) -> None:
-    data = {k: v for k, v in result.items() if k != "samples"} | {"model": model, "summary": summary_row(result)}
+def write_json(results: list[dict], path: Path, model: str) -> None:
+    """One row per evaluated variant: the summary columns and every metric per prompt group."""
+    rows = [{k: v for k, v in r.items() if k != "samples"} | {"model": model, "summary": summary_row(r)} for r in results]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=1))
+    Path(path).write_text(json.dumps({"rows": rows}, indent=1))
+
+
+COLUMNS = (("single", "single", "{:.0%}"), ("two", "two-object", "{:.0%}"), ("held_out", "held-out pairs", "{:.0%}"),
+           ("frechet", "Fréchet", "{:.0f}"), ("frechet_floor", "(floor)", "{:.0f}"), ("sharpness", "sharpness", "{:.2f}"),
+           ("diversity", "diversity", "{:.2f}"), ("colour_bias", "colour bias", "{:.1f}"), ("count_errors", "count errors", "{:.0%}"),
+           ("cpu_ms_per_image", "CPU ms/image", "{:.0f}"))
+
+
+def markdown_table(results: list[dict], model: str) -> str:
+    head = "| model | steps | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for r in results:
+        row = summary_row(r)
+        lines.append(f"| {model} | {r['steps']} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def save_grid(results: list[dict], path: Path, per_group: int = 2) -> None:
+    """Rows: the evaluated variants; columns: the first `per_group` prompts of each group at the first seed."""
+    from PIL import Image
+
+    first = results[0]
+    seeds, n = first["seeds_per_prompt"], first["prompts_per_group"]
+    picks = [(g * n + k) * seeds for g in range(len(GROUPS)) for k in range(per_group)]
+    rows = [np.concatenate([r["samples"][i] for i in picks], axis=1) for r in results]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)

@@ -133,3 +133,24 @@ def test_sigkill_mid_unet_training_then_resume_gives_the_uninterrupted_weights(f
     expected = load_file(Path(c_done.train.output_dir) / "unet" / "final" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     for key, value in expected.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
+
+
+def test_eval_cli_scores_a_shipped_model_and_writes_json_table_and_grid(finished, tmp_path):
+    import json
+
+    from distill.shapes.ship import ship
+
+    c, _ = finished
+    model = ship(c, tmp_path / "model", judge_out=tmp_path / "judge.safetensors")
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "distill.shapes", "eval", "--model", str(model), "--steps", "2", "1",
+                             "--json", str(out), "--per-group", "2", "--seeds", "2", "--judge", str(tmp_path / "judge.safetensors"),
+                             "--grid", str(tmp_path / "grid.png")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["steps"] for r in rows] == [2, 1] and rows[0]["images"] == 3 * 2 * 2
+    for key in ("single", "two", "held_out", "frechet", "frechet_floor", "sharpness", "diversity", "colour_bias", "count_errors", "cpu_ms_per_image"):
+        assert key in rows[0]["summary"]
+    assert "| model | steps |" in result.stdout
+    from PIL import Image
+    assert Image.open(tmp_path / "grid.png").size == (6 * 64, 2 * 64)
