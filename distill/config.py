@@ -25,7 +25,7 @@ class ConfigError(StudioError, ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    base: str = "tiny"  # "tiny", "random-sdxl", a hub id or a local diffusers SDXL folder
+    base: str = "tiny"  # "tiny", "random-sdxl", "shapes" (the embedded model), a hub id or a local diffusers SDXL folder
     seed: int = 0  # weights seed for the built-in models
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pipelines.architectures import random_sdxl_components, tiny_components
 from pipelines.errors import WeightsUnavailable
+from pipelines.variants import SHAPES_FOLDER
 
 from . import checkpoint
 from .config import Config, teacher_of
@@ -53,8 +54,9 @@ def load_components(model) -> dict:
         return tiny_components(model.seed)
     if model.base == "random-sdxl":
         return random_sdxl_components(model.seed)
+    source = SHAPES_FOLDER if model.base == "shapes" else model.base  # the embedded model, stored in fp16: train in fp32
     try:
-        return StableDiffusionXLPipeline.from_pretrained(model.base, use_safetensors=True).components
+        return StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True, dtype=torch.float32).components
     except OSError as e:
         raise WeightsUnavailable(f"cannot load the base model {model.base!r}: {str(e).splitlines()[0]}. Download it first "
                                  f"(`huggingface-cli download {model.base}`) or point model.base at a local diffusers folder.") from None

@@ -143,7 +143,9 @@ def read_manifest(folder: Path) -> ModelSpec:
         if unknown:
             raise InvalidModel(f"{folder / MANIFEST_NAME}: unknown variant keys {sorted(unknown)}")
         variants.append(Variant(**entry))
-    base = str(folder) if data["base_model"] == "." else data["base_model"]
+    # "." is the folder itself (a diffusers folder carrying its own manifest); "shapes" the embedded model
+    # (what `distill export` records for a student distilled from it).
+    base = {".": str(folder), "shapes": str(SHAPES_FOLDER)}.get(data["base_model"], data["base_model"])
     extras = {key: data[key] for key in MANIFEST_EXTRAS if key in data}
     extras["examples"] = tuple(extras.get("examples", ()))
     return ModelSpec(folder.name, base, tuple(variants), root=str(folder), **extras)

@@ -61,3 +61,17 @@ def test_a_missing_or_corrupt_weight_file_is_named_in_one_line(tmp_path, damage)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unet" in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_shapes_is_a_distill_base_loaded_in_fp32_and_exports_resolve_it(tmp_path):
+    import torch
+
+    from distill.config import ModelConfig
+    from distill.train import load_components
+    from pipelines.variants import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
+
+    parts = load_components(ModelConfig(base="shapes"))
+    assert parts["unet"].dtype == torch.float32 and parts["unet"].config.sample_size == 16
+    assert parts["vae"].config.scaling_factor != 1.0
+    (tmp_path / MANIFEST_NAME).write_text(f'{{"format": "{MANIFEST_FORMAT}", "base_model": "shapes", "variants": [{{"steps": 4}}]}}')
+    assert read_manifest(tmp_path).base == str(SHAPES_FOLDER)  # what `distill export` records for a shapes student
