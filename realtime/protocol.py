@@ -80,6 +80,10 @@ def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
             raise ProtocolError("bad_type", "\"prompt\" must be a string", seq)
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ProtocolError("out_of_range", f"\"prompt\" is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}", seq)
+        try:  # JSON's \ud800 escapes can carry lone surrogates, which are not text and break the tokenizer
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ProtocolError("invalid_text", f"\"prompt\" is not valid Unicode text (a lone surrogate at character {e.start})", seq) from None
         seed = _int(msg, "seed", seq, 0, MAX_SEED)
         steps = _int(msg, "steps", seq)
         if steps not in limits.steps:

@@ -42,6 +42,8 @@ def test_valid_messages_parse():
     (with_(prompt=5), "bad_type"),
     (with_(prompt=None), "bad_type"),
     (with_(prompt="x" * (protocol.MAX_PROMPT_CHARS + 1)), "out_of_range"),
+    (with_(prompt="a red \ud800 circle"), "invalid_text"),
+    (with_(prompt="\udfff"), "invalid_text"),
     (with_(seed=1.5), "bad_type"),
     (with_(seed=-1), "out_of_range"),
     (with_(seed=2**32), "out_of_range"),
