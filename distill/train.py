@@ -59,7 +59,7 @@ def load_components(model) -> dict:
         return StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True, dtype=torch.float32).components
     except OSError as e:
         raise WeightsUnavailable(f"cannot load the base model {model.base!r}: {str(e).splitlines()[0]}. Download it first "
-                                 f"(`huggingface-cli download {model.base}`) or point model.base at a local diffusers folder.") from None
+                                 f"(`hf download {model.base}`) or point model.base at a local diffusers folder.") from None
 
 
 def stage_dir(config: Config, name: str) -> Path:

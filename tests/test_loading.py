@@ -89,7 +89,7 @@ def test_offline_without_cache_names_repo_file_and_remedy(monkeypatch, tmp_path,
         load_engine(model, device="cpu")
     message = str(error.value)
     assert filename in message and repo in message
-    assert "huggingface-cli download" in message and "--model tiny" in message
+    assert "`hf download " in message and "--model shapes" in message and ".." not in message
 
 
 def test_bare_unet_state_dict_variant_loads_on_the_base_config(tmp_path):
