@@ -5,7 +5,7 @@ cond / uncond are dicts {"encoder_hidden_states": (B, 77, D), "text_embeds": (B,
 
 import torch
 
-from distill.schedule import CLEAN, ddim_step, split_prediction, teacher_grid
+from distill.schedule import CLEAN, NUM_TRAIN_TIMESTEPS, ddim_step, split_prediction, teacher_grid
 from pipelines.sampling import classifier_free_guidance
 
 
@@ -37,11 +37,20 @@ def guided_output(unet, x, t, cond: dict, guidance_scale: float = 1.0, uncond: d
 
 
 def solve_path(t: int, t_end: int, teacher_steps: int) -> list[int]:
-    """[t, grid points strictly between, t_end]: n steps when t is on the teacher's grid, and an off-grid t (the
-    1-step stage's 749 under a 2-step teacher) first steps to the grid below it."""
+    """[t, points strictly between, t_end]: from a point of the teacher's trailing grid, the grid itself. From an
+    off-grid t (the 1-step stage trains at 749 under a 2-step teacher) the teacher jumps by its own stride
+    T / teacher_steps, 749 -> 249 -> x0, because that is the jump it was trained to make there: 1- and 2-step
+    students train at {249, 499, 749, 999}, each jumping T / steps. (Stepping to its grid first, 749 -> 499, would
+    ask it for a jump it never learned.)"""
     if not t > t_end >= CLEAN:
         raise ValueError(f"the teacher solves toward less noise: need t={t} > t_end={t_end} >= {CLEAN}")
-    return [t] + [g for g in teacher_grid(teacher_steps) if t_end < g < t] + [t_end]
+    grid = teacher_grid(teacher_steps)
+    if t in grid:
+        between = [g for g in grid if t_end < g < t]
+    else:
+        stride = NUM_TRAIN_TIMESTEPS / teacher_steps
+        between = [p for p in (int(round(t + 1 - k * stride)) - 1 for k in range(1, teacher_steps + 1)) if p > t_end]
+    return [t] + between + [t_end]
 
 
 @torch.no_grad()

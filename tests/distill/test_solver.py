@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from distill.schedule import add_noise, alpha_sigma, alphas_cumprod
+from distill.schedule import add_noise, alpha_sigma, alphas_cumprod, teacher_grid
 from distill.solver import solve_path, teacher_solve, zero_uncond
 from pipelines.architectures import base_scheduler, tiny_components
 
@@ -77,7 +77,12 @@ def test_explicit_uncond_is_used(unet):
 def test_solve_path():
     assert solve_path(749, 249, 8) == [749, 624, 499, 374, 249]
     assert solve_path(249, -1, 8) == [249, 124, -1]
-    assert solve_path(749, -1, 2) == [749, 499, -1]  # off-grid start steps to the grid first
+    # off-grid start: the 2-step teacher makes the jump it was trained to make from 749 (to 249), then to x0
+    assert solve_path(749, -1, 2) == [749, 249, -1]
+    for steps in (4, 8, 32):  # from any grid point, the path is the teacher's own grid
+        grid = teacher_grid(steps)
+        assert solve_path(grid[0], -1, steps) == grid + [-1]
+        assert solve_path(grid[1], grid[-1], steps) == grid[1:]
     with pytest.raises(ValueError, match="less noise"):
         solve_path(249, 499, 4)
 
