@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--config", type=Path, required=True, help="the plan that was trained (finds its output_dir)")
     export.add_argument("--out", type=Path, required=True, help="folder to write (load it with `--model <folder>`)")
     export.add_argument("--stages", nargs="*", help="stage names to export (default: every finished stage)")
+    export.add_argument("--base-lora-rank", type=int, default=64,
+                        help="rank of each stage's LoRA relative to the original base (low-rank extraction of student - base; 0: skip)")
     return parser
 
 
@@ -75,7 +77,7 @@ def main(argv=None):
         elif args.command == "export":
             from . import export
 
-            folder = export.export(config, args.out, args.stages)
+            folder = export.export(config, args.out, args.stages, args.base_lora_rank or None)
             print(f"exported to {folder}; try it: python -m pipelines generate --model {folder} --steps N \"a prompt\" (or python app.py --model {folder})")
     except StudioError as e:
         parser.exit(2, f"error: {e}\n")

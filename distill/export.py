@@ -2,8 +2,11 @@
 
 For every finished stage: its student as a diffusers UNet folder (what the manifest points at), and, when the stage
 trained a LoRA, that LoRA in diffusers format (`StableDiffusionXLPipeline.load_lora_weights`) and kohya/ComfyUI
-format. A LoRA is relative to the UNet its stage started from (the previous stage's student; the base model for the
-first stage), because each stage's LoRA is merged before the next stage trains; the full UNet folders need no base.
+format. A stage's trained LoRA is relative to the UNet its stage started from (the previous stage's student; the
+base model for the first stage), because each stage's LoRA is merged before the next stage trains; the full UNet
+folders need no base. So that a step count can also be applied to the original base (as the published Lightning
+LoRAs are), every stage also gets a LoRA relative to the base: the low-rank extraction of student - base
+(`lora_from_base/`, rank 64 by default), with its approximation error recorded in the manifest.
 """
 
 import json
@@ -12,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from pipelines.errors import StudioError
@@ -20,7 +23,8 @@ from pipelines.variants import Variant, write_manifest
 
 from .checkpoint import atomic_dir
 from .config import Config
-from .train import stage_dir
+from .lora import extract_lora, lora_state_dict_diffusers
+from .train import load_components, stage_dir
 
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
 
@@ -45,8 +49,15 @@ def to_kohya(state_dict: dict[str, torch.Tensor], alpha: float) -> dict[str, tor
     return out
 
 
-def export(config: Config, out, stages=None) -> Path:
-    """Write every finished stage (or the named ones) and the manifest under `out`; returns the folder."""
+def _write_lora(folder: Path, name: str, state_dict: dict, rank: int) -> dict:
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=state_dict, weight_name=DIFFUSERS_LORA)
+    save_file(to_kohya(state_dict, rank), folder / f"{name}_kohya.safetensors")
+    return {"diffusers": f"{folder.parent.name}/{folder.name}/{DIFFUSERS_LORA}", "kohya": f"{folder.parent.name}/{folder.name}/{name}_kohya.safetensors"}
+
+
+def export(config: Config, out, stages=None, base_lora_rank: int | None = 64) -> Path:
+    """Write every finished stage (or the named ones) and the manifest under `out`; returns the folder.
+    base_lora_rank: rank of each stage's LoRA relative to the original base (None: do not extract)."""
     out = Path(out)
     finished = [s for s in config.stages if (stage_dir(config, s.name) / "stage.json").is_file()]
     if stages:
@@ -61,19 +72,26 @@ def export(config: Config, out, stages=None) -> Path:
         raise StudioError(f"no finished stage under {Path(config.train.output_dir) / 'stages'}; train first")
 
     variants, loras = [], {}
+    base_unet = load_components(config.model)["unet"] if base_lora_rank else None
     with atomic_dir(out) as tmp:
         for stage in finished:
             source = stage_dir(config, stage.name)
             info = json.loads((source / "stage.json").read_text())
             shutil.copytree(source / "unet", tmp / stage.name / "unet", copy_function=_link_or_copy)
             variants.append(Variant(stage.student_steps, stage.prediction_type, unet_dir=f"{stage.name}/unet", source_stage=stage.name))
+            entry = {}
             if info["lora_file"]:
-                lora = load_file(source / info["lora_file"])
-                StableDiffusionXLPipeline.save_lora_weights(tmp / stage.name / "lora", unet_lora_layers=lora, weight_name=DIFFUSERS_LORA)
-                save_file(to_kohya(lora, info["lora_rank"]), tmp / stage.name / "lora" / f"{stage.name}_kohya.safetensors")
                 previous = config.stages[config.stages.index(stage) - 1].name if config.stages.index(stage) else "base"
-                loras[stage.name] = {"diffusers": f"{stage.name}/lora/{DIFFUSERS_LORA}",
-                                     "kohya": f"{stage.name}/lora/{stage.name}_kohya.safetensors", "applies_to": previous}
+                entry = _write_lora(tmp / stage.name / "lora", stage.name, load_file(source / info["lora_file"]), info["lora_rank"])
+                entry["applies_to"] = previous
+            if base_unet is not None:
+                student = UNet2DConditionModel.from_pretrained(source / "unet", use_safetensors=True)
+                wrapped, errors = extract_lora(student, base_unet, base_lora_rank)
+                state = {k: v.contiguous() for k, v in lora_state_dict_diffusers(wrapped).items()}
+                entry["from_base"] = _write_lora(tmp / stage.name / "lora_from_base", stage.name, state, base_lora_rank) | {
+                    "applies_to": "base", "rank": base_lora_rank, **errors}
+            if entry:
+                loras[stage.name] = entry
         base = config.model.base
         if Path(base).exists():  # a local base folder: record where it is, not where the run happened to start
             base = str(Path(base).resolve())

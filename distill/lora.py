@@ -73,3 +73,50 @@ def lora_state_dict_diffusers(unet, adapter_name: str = ADAPTER) -> dict[str, to
     "lora.down"/"lora.up"), and diffusers 0.42's loader picks the key format from the first key alone, so the mixed
     file loads with every attention LoRA silently dropped. The peft keys load whole (tested)."""
     return get_peft_model_state_dict(unet, adapter_name=adapter_name)
+
+
+def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with B @ A the best rank-r approximation of delta in Frobenius norm (truncated SVD, Eckart-Young):
+    delta ~ U_r S_r V_r^T, A = S_r^1/2 V_r^T, B = U_r S_r^1/2. A conv weight (out, in, k, k) is factored as the
+    (out, in*k*k) matrix: A becomes a (r, in, k, k) conv and B a 1x1 conv, peft's layout for conv LoRA."""
+    matrix = delta.float().reshape(delta.shape[0], -1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    r = min(rank, s.numel())
+    root = s[:r].sqrt()
+    a, b = root[:, None] * vh[:r], u[:, :r] * root[None]
+    if delta.dim() == 4:
+        return a.reshape(r, *delta.shape[1:]), b[:, :, None, None]
+    return a, b
+
+
+def extract_lora(student: UNet2DConditionModel, base: UNet2DConditionModel, rank: int = 64) -> tuple[UNet2DConditionModel, dict]:
+    """A LoRA on `base` (a peft-wrapped copy of it, lora_alpha = rank) whose every target layer adds the rank-r
+    approximation of student - base there; -> (that UNet, {"relative_error": ||delta - BA|| / ||delta|| over all
+    target layers, "untargeted_change": ||student - base|| / ||base|| over the weights a LoRA cannot reach (norms,
+    conv_in/out, time embeddings)}). Its diffusers state dict is `lora_state_dict_diffusers(unet)`."""
+    import copy
+
+    wrapped = copy.deepcopy(base).float()
+    add_lora(wrapped, rank=rank)
+    student_weights = student.float().state_dict()
+    residual, total = 0.0, 0.0
+    targeted = set()
+    with torch.no_grad():
+        for name, layer in lora_layers(wrapped):
+            weight = layer.get_base_layer().weight
+            delta = student_weights[f"{name}.weight"] - weight
+            a, b = low_rank_factors(delta, rank)
+            r = a.shape[0]
+            layer.lora_A[ADAPTER].weight.zero_()[:r].copy_(a)
+            layer.lora_B[ADAPTER].weight.zero_()[:, :r].copy_(b)
+            residual += float((delta - (b.reshape(b.shape[0], -1) @ a.reshape(r, -1)).reshape(delta.shape)).pow(2).sum())
+            total += float(delta.pow(2).sum())
+            targeted.update({f"{name}.weight", f"{name}.bias"})
+        base_weights = base.float().state_dict()
+        rest = [k for k in base_weights if k not in targeted]
+        untargeted = sum(float((student_weights[k] - base_weights[k]).pow(2).sum()) for k in rest)
+        untargeted_norm = sum(float(base_weights[k].pow(2).sum()) for k in rest)
+    # Biases of target layers also move in full training and a LoRA has none: counted as untargeted change.
+    bias_change = sum(float((student_weights[k] - base_weights[k]).pow(2).sum()) for k in targeted if k.endswith(".bias") and k in base_weights)
+    return wrapped, {"relative_error": (residual / total) ** 0.5 if total else 0.0,
+                     "untargeted_change": ((untargeted + bias_change) / untargeted_norm) ** 0.5 if untargeted_norm else 0.0}

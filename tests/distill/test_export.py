@@ -2,6 +2,7 @@
 reproduces the student; the kohya file encodes the same weight deltas."""
 
 import copy
+import json
 import tomllib
 from pathlib import Path
 
@@ -126,3 +127,21 @@ def test_export_cli_and_refusals(run, tmp_path, capsys):
     with pytest.raises(StudioError, match="no finished stage"):
         distill_export.export(parse_config(unfinished), tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_lora_from_the_original_base_turns_the_base_into_each_stage_student(run):
+    """Unlike a stage's trained LoRA (relative to the previous stage), `lora_from_base` applies to the original
+    base, as the published Lightning LoRAs do: base + it reproduces the 2-step student (two stages away), up to what
+    a LoRA cannot hold (norms and biases moved by the full phase), which the manifest states."""
+    _, folder = run
+    entry = json.loads((folder / "studio_manifest.json").read_text())["loras"]["2step"]["from_base"]
+    assert entry["applies_to"] == "base" and entry["rank"] == 64
+    assert entry["relative_error"] < 1e-3  # the tiny UNet's layers are narrower than rank 64: exact up to float error
+    pipe = stock_pipeline()
+    base_out = unet_out(pipe.unet)
+    student_out = unet_out(UNet2DConditionModel.from_pretrained(folder / "2step" / "unet"))
+    pipe.load_lora_weights(str(folder / "2step" / "lora_from_base"), weight_name=distill_export.DIFFUSERS_LORA)
+    lora_out = unet_out(pipe.unet)
+    assert (lora_out - student_out).abs().max() < 0.1 * (base_out - student_out).abs().max()
+    if entry["untargeted_change"] == 0:
+        torch.testing.assert_close(lora_out, student_out, atol=1e-4, rtol=1e-4)

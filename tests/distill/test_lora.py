@@ -147,3 +147,18 @@ def test_merge_lands_on_the_stages_fp32_weights_not_their_bf16_rounding():
     assert set(after) == set(start)
     for key, value in start.items():
         torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (16, 8, 3, 3)])
+def test_low_rank_factors_are_the_best_rank_r_approximation(shape):
+    from distill.lora import low_rank_factors
+
+    delta = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    matrix = delta.reshape(shape[0], -1)
+    singular = torch.linalg.svdvals(matrix)
+    for rank in (1, 4, 64):
+        a, b = low_rank_factors(delta, rank)
+        r = min(rank, singular.numel())
+        assert a.shape[0] == r and b.shape[:2] == (shape[0], r)
+        error = torch.linalg.matrix_norm(matrix - b.reshape(shape[0], r) @ a.reshape(r, -1))
+        torch.testing.assert_close(error, singular[r:].pow(2).sum().sqrt(), atol=1e-4, rtol=1e-4)  # Eckart-Young
