@@ -4,7 +4,10 @@ import json
 import math
 from pathlib import Path
 
+from pipelines.errors import StudioError
+
 from ..checkpoint import atomic_dir
+from ..config import config_diff
 from .config import PretrainConfig
 
 DONE = "done.json"
@@ -27,15 +30,28 @@ def final_dir(c: PretrainConfig, part: str) -> Path:
     return Path(c.train.output_dir) / part / "final"
 
 
+class StalePart(StudioError):
+    """A finished part was made with another config than the one asked for now."""
+
+
 def is_done(c: PretrainConfig, part: str) -> bool:
-    return (final_dir(c, part) / DONE).is_file()
+    """Whether `part` has finished with this config; a part finished with another config is refused, not reused."""
+    done = final_dir(c, part) / DONE
+    if not done.is_file():
+        return False
+    recorded = json.loads(done.read_text()).get("config")
+    diff = config_diff(recorded, c.section(part)) if recorded is not None else []
+    if diff:
+        raise StalePart(f"{final_dir(c, part)} was made with another config ({'; '.join(diff)}); "
+                        f"remove {final_dir(c, part).parent} to train it again with this one")
+    return True
 
 
 def finish(c: PretrainConfig, part: str, write, report: dict) -> dict:
     """Write a part's final folder in one atomic rename: write(tmp) puts the artefacts, DONE records the report."""
     with atomic_dir(final_dir(c, part)) as tmp:
         write(tmp)
-        (tmp / DONE).write_text(json.dumps(report, indent=1))
+        (tmp / DONE).write_text(json.dumps(report | {"config": c.section(part)}, indent=1))
     return report
 
 

@@ -1,4 +1,5 @@
-"""Pre-train the shapes world in order: judge, autoencoder, tiny autoencoder, latent cache, base UNet.
+"""Pre-train the shapes world in order: judge, autoencoder, its decoder refined (encoder frozen), tiny autoencoder,
+latent cache, base UNet.
 
 Each part trains through `loop.run` (resumable checkpoints, tqdm with ETA, tensorboard) into
 <output_dir>/<part>/ and ends by writing <output_dir>/<part>/final/ atomically; a finished part is skipped, so
@@ -12,11 +13,12 @@ import torch
 from .config import PretrainConfig
 from .loop import stable_seed
 from .parts import DONE, final_dir, is_done
-from .train_autoencoders import cache_latents, train_vae, train_vae_tiny
+from .train_autoencoders import cache_latents, train_decoder, train_vae, train_vae_tiny
 from .train_base import train_unet
 from .train_judge import train_judge
 
-TRAINERS = {"judge": train_judge, "vae": train_vae, "vae_tiny": train_vae_tiny, "latents": cache_latents, "unet": train_unet}
+TRAINERS = {"judge": train_judge, "vae": train_vae, "decoder": train_decoder, "vae_tiny": train_vae_tiny,
+            "latents": cache_latents, "unet": train_unet}
 PARTS = tuple(TRAINERS)
 
 

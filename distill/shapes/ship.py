@@ -14,6 +14,7 @@ from pipelines.variants import SHAPES_FOLDER, Variant, write_manifest
 from ..checkpoint import atomic_dir
 from .config import PretrainConfig
 from .parts import final_dir
+from .train_autoencoders import load_vae
 
 REFERENCE_STEPS, REFERENCE_GUIDANCE = 32, 5.0
 # The judge is an evaluation tool, not part of the model: it ships beside the model folder.
@@ -34,8 +35,9 @@ def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: l
     source = final_dir(c, "unet") / "pipeline"
     if not (source / "model_index.json").is_file():
         raise FileNotFoundError(f"{source} does not exist: finish `python -m distill.shapes pretrain` first")
-    pipe = StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True)
-    vae_tiny = AutoencoderTiny.from_pretrained(source / "vae_tiny", use_safetensors=True)
+    # The autoencoder as it stands now (its decoder may have been refined after the UNet finished; same encoder).
+    pipe = StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True, vae=load_vae(c))
+    vae_tiny = AutoencoderTiny.from_pretrained(final_dir(c, "vae_tiny") / "vae_tiny", use_safetensors=True)
     variants = variants or base_variants()
     with atomic_dir(Path(out)) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp)

@@ -18,7 +18,7 @@ from . import models
 from .config import PretrainConfig
 from .data import images, random_crops, training_scene
 from .loop import Part, make_accelerator, run
-from .parts import final_dir, finish, lr_at, set_lr
+from .parts import final_dir, finish, is_done, lr_at, set_lr
 from .world import scene_from_seed
 
 HELD_OUT_SEED = 20_000_003  # evaluation scenes: a seed range training never draws from
@@ -101,7 +101,47 @@ def reconstruction_report(c: PretrainConfig, decode, vae: AutoencoderKL, n: int 
 
 
 def load_vae(c: PretrainConfig) -> AutoencoderKL:
-    return AutoencoderKL.from_pretrained(final_dir(c, "vae") / "vae", use_safetensors=True).eval()
+    """The autoencoder as it stands: with the refined decoder once that part has finished (same encoder)."""
+    part = "decoder" if is_done(c, "decoder") else "vae"
+    return AutoencoderKL.from_pretrained(final_dir(c, part) / "vae", use_safetensors=True).eval()
+
+
+def train_decoder(c: PretrainConfig, resume: bool, stop_after: int | None = None) -> dict:
+    """The decoder (and post_quant_conv) trained on, the encoder frozen: cached latents and a UNet trained on them
+    stay valid while the pictures improve. Same losses as the autoencoder, without the KL term (the encoder is fixed)."""
+    folder, d = Path(c.train.output_dir) / "decoder", c.decoder
+    accelerator = make_accelerator(folder)
+    vae = AutoencoderKL.from_pretrained(final_dir(c, "vae") / "vae", use_safetensors=True)
+    vae.requires_grad_(False)
+    trained = [vae.decoder, vae.post_quant_conv]
+    params = [p for m in trained for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=d.lr, weight_decay=0.0)
+
+    def step(i: int, generator: torch.Generator) -> dict:
+        set_lr(optimizer, lr := lr_at(i, d.steps, d.lr, 50))
+        indices = torch.randint(c.world.train_scenes, (d.batch_size,), generator=generator).tolist()
+        x, mask = images([training_scene(c.world.seed, k) for k in indices], c.world.resolution, with_mask=True)
+        x, mask = random_crops(x, c.vae.crop, generator, mask)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator)
+        x_hat = vae.decode(z).sample
+        l1, edges = weighted_l1(x_hat, x, mask, d.object_weight), edge_l1(x_hat, x)
+        loss = l1 + d.edge_weight * edges
+        accelerator.backward(loss)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), "l1_weighted": l1.item(), "edge_l1": edges.item(), "lr": lr}
+
+    began = time.perf_counter()
+    run(Part("decoder", {"vae": vae}, optimizer, step, d.steps), folder, c.section("decoder"), c.train.seed, accelerator,
+        resume=resume, checkpoint_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints, log_every=c.train.log_every, stop_after=stop_after)
+    vae.eval()
+    report = reconstruction_report(c, vae.decode, vae) | {"train_seconds_this_run": round(time.perf_counter() - began, 1)}
+    accelerator.print(f"decoder: held-out PSNR {report['psnr']:.2f} dB, judge on reconstructions {report.get('judge_all_attributes', float('nan')):.1%}")
+    return finish(c, "decoder", lambda tmp: vae.save_pretrained(tmp / "vae"), report)
 
 
 def train_vae_tiny(c: PretrainConfig, resume: bool, stop_after: int | None = None) -> dict:
@@ -143,7 +183,7 @@ def train_vae_tiny(c: PretrainConfig, resume: bool, stop_after: int | None = Non
 def cache_latents(c: PretrainConfig, resume: bool, stop_after: int | None = None, batch_size: int = 64) -> dict:
     """Every training scene's scaled latent (posterior mean x scaling factor), fp16, one file. Scenes are a pure
     function of their index, so the cache holds no labels; captions are drawn per step by the UNet trainer."""
-    vae = load_vae(c)
+    vae = load_vae(c)  # the encoder is the autoencoder part's whichever decoder is current
     began, n = time.perf_counter(), c.world.train_scenes
     latents = np.zeros((n, 4, c.world.resolution // 8, c.world.resolution // 8), np.float16)
     for start in tqdm(range(0, n, batch_size), desc="latents", mininterval=2.0):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderTiny, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
@@ -120,12 +120,7 @@ def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -
     for m in trained.values():
         m.eval()
     pipe = pipeline(c, unet, text_encoder, text_encoder_2, vae)
-    vae_tiny = AutoencoderTiny.from_pretrained(final_dir(c, "vae_tiny") / "vae_tiny", use_safetensors=True)
-
-    def write(tmp: Path) -> None:
-        pipe.save_pretrained(tmp / "pipeline")
-        vae_tiny.save_pretrained(tmp / "pipeline" / "vae_tiny")
-
+    write = lambda tmp: pipe.save_pretrained(tmp / "pipeline")
     return finish(c, "unet", write, {"train_seconds_this_run": round(time.perf_counter() - began, 1)})
 
 

@@ -31,6 +31,9 @@ steps = 30
 batch_size = 8
 crop = 32
 lr = 3e-3
+[decoder]
+steps = 4
+batch_size = 4
 [vae_tiny]
 steps = 4
 batch_size = 4
@@ -104,6 +107,19 @@ def test_shipped_miniature_loads_in_the_engine_with_its_manifest(finished, tmp_p
     assert engine.default_size == 64 and "coloured shapes" in engine.description and engine.examples
     (result,) = engine.generate([GenerationRequest("a photo of a cat", seed=1, steps=2, width=64, height=64)])
     assert result.image.shape == (64, 64, 3)  # a prompt from outside the world still renders
+
+
+def test_a_part_finished_with_another_config_is_refused_not_reused(finished):
+    import dataclasses
+
+    from distill.shapes.parts import StalePart, is_done
+
+    c, _ = finished
+    assert is_done(c, "vae_tiny")
+    changed = dataclasses.replace(c, decoder=dataclasses.replace(c.decoder, steps=5))  # vae_tiny learned from that decoder
+    with pytest.raises(StalePart, match=r"decoder\.steps"):
+        is_done(changed, "vae_tiny")
+    assert is_done(changed, "unet")  # the UNet does not depend on the decoder
 
 
 def test_a_config_with_an_unknown_key_is_refused_naming_it(tmp_path):
