@@ -83,7 +83,7 @@ class Connection:
             retry_ms = round(self.bucket.wait_s() * 1000)
             await self._send_text(protocol.error(
                 "rate_limited", f"more than {self.config.rate:g} messages/s; this one was ignored, resend after {retry_ms} ms",
-                retry_ms=retry_ms))
+                protocol.seq_of(data), retry_ms=retry_ms))
             return
         try:
             message = protocol.parse(data, self.studio.limits)

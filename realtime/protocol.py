@@ -52,6 +52,16 @@ class Generate:
     height: int
 
 
+def seq_of(text: str | bytes) -> int | None:
+    """The `seq` of a message without validating the rest (for errors about a message that is not parsed, such as
+    one refused by the rate limit), or None."""
+    try:
+        msg = json.loads(text) if isinstance(text, str) and len(text) <= MAX_MESSAGE_BYTES else None
+    except (ValueError, RecursionError):
+        return None
+    return msg.get("seq") if isinstance(msg, dict) and _is_int(msg.get("seq")) else None
+
+
 def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
     """One client message -> Hello | Generate, or ProtocolError naming the problem."""
     if isinstance(text, (bytes, bytearray)):

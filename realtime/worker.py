@@ -154,8 +154,8 @@ class Worker:
             if answer is None:  # client left mid-generation: free nothing, it is gone
                 self.metrics.count("stale_dropped")
                 continue
-            try:
-                answer(job, result, err, len(batch))
+            try:  # a request re-rendered alone after its batch failed reports its own batch size (1)
+                answer(job, result, err, result.batch_size if result is not None else len(batch))
             except Exception:
                 log.error("answer callback failed:\n%s", traceback.format_exc())
                 self.finish(job.client, job.seq)

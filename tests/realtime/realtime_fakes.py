@@ -39,7 +39,7 @@ class FakeEngine:
         if any(r.prompt == FAIL_PROMPT for r in requests):
             raise NonFiniteOutput("the model produced NaN/Inf (test failure on purpose)")
         return [GenerationResult(r, np.full((r.height, r.width, 3), r.seed % 256, np.uint8),
-                                 {"text": 0.1, "denoise": 1.0, "decode": 0.5, "total": 1.6}, 0) for r in requests]
+                                 {"text": 0.1, "denoise": 1.0, "decode": 0.5, "total": 1.6}, 0, len(requests)) for r in requests]
 
     def memory(self):
         return {"parameters_total": 0}

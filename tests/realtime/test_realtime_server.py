@@ -190,6 +190,7 @@ def test_flooding_is_rate_limited_and_the_connection_survives(tiny_studio):
             ws.send(generate(seq))
         limited = next_text(ws)
         assert limited["code"] == "rate_limited" and limited["retry_ms"] > 0 and "resend" in limited["message"]
+        assert studio.config.burst < limited["seq"] <= flood  # names the message it refused
         time.sleep(limited["retry_ms"] / 1000 + 0.1)  # the bucket refills; a well-behaved client resends now
         ws.send(generate(flood + 1))
         frames, texts = frames_until(ws, flood + 1)

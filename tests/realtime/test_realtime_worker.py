@@ -47,6 +47,7 @@ def test_same_key_requests_run_as_one_batch_and_a_failing_one_only_fails_itself(
     worker.stop()
     assert [len(call) for call in engine.calls[:1]] == [2]
     assert answers.got["a"][1].request.prompt == "p" and answers.got["a"][2] is None
+    assert answers.got["a"][3] == 1  # re-rendered alone after the batch failed: its frame says so
     assert answers.got["b"][1] is None and "NaN" in answers.got["b"][2]
     assert answers.got["c"][1].request.steps == 2 and answers.got["c"][3] == 1
 
