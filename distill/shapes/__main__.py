@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, nargs="+", required=True, help="the variants (step counts) to evaluate, one row each")
     ev.add_argument("--json", type=Path, required=True, help="where to write the metrics")
     ev.add_argument("--grid", type=Path, default=None, help="also write a PNG: the same prompts and seed across the rows")
+    ev.add_argument("--round-trip", action="store_true", help="add a row: real renders through the model's autoencoder (its ceiling)")
     ev.add_argument("--per-group", type=int, default=32, help="prompts per group (single, two, held_out)")
     ev.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
     ev.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped one)")
@@ -78,7 +79,10 @@ def run_eval(args) -> None:
     if not Path(judge_path).is_file():
         raise StudioError(f"judge weights {judge_path} do not exist (python -m distill.shapes pretrain --parts judge, then ship)")
     engine = load_engine(args.model, device="cpu", steps=args.steps)
-    rows = [evaluate.evaluate(engine, judge.load(judge_path), n, args.per_group, args.seeds, engine.default_size) for n in args.steps]
+    scorer = judge.load(judge_path)
+    rows = [evaluate.evaluate(engine, scorer, n, args.per_group, args.seeds, engine.default_size) for n in args.steps]
+    if args.round_trip:
+        rows.append(evaluate.round_trip(engine.pipe.vae, scorer, args.per_group, args.seeds, engine.default_size))
     evaluate.write_json(rows, args.json, args.model)
     print(evaluate.markdown_table(rows, args.model))
     if args.grid:

@@ -71,11 +71,32 @@ def generate(engine, prompts: list[Prompt], seeds: list[int], steps: int, resolu
 
 
 def evaluate(engine, judge, steps: int, per_group: int = 32, seeds_per_prompt: int = 4, resolution: int = 128) -> dict:
-    """Metrics per group and over all prompts, plus the real-vs-real floor of the Fréchet distance."""
-    seeds = list(range(1000, 1000 + seeds_per_prompt))  # held-out seeds: training never samples with a seed
-    groups = prompt_set(per_group)
-    prompts = [p for g in GROUPS for p in groups[g]]
+    """A variant's images of the evaluation prompts, scored per group and over all prompts."""
+    prompts, seeds = _prompts_and_seeds(per_group, seeds_per_prompt)
     images, ms = generate(engine, prompts, seeds, steps, resolution)
+    return score(images, prompts, seeds, judge, resolution) | {"steps": steps, "cpu_ms_per_image": round(ms, 1)}
+
+
+@torch.no_grad()
+def round_trip(vae, judge, per_group: int = 32, seeds_per_prompt: int = 4, resolution: int = 128) -> dict:
+    """The autoencoder's ceiling: real renders of the same prompts through encode -> decode, scored as if generated.
+    No UNet can do better than its autoencoder lets it."""
+    prompts, seeds = _prompts_and_seeds(per_group, seeds_per_prompt)
+    x = judge_lib.to_tensor(real_images(prompts, seeds, resolution, salt="round-trip")).to(vae.dtype)
+    decoded = torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x.split(32)]).float()
+    images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return score(images, prompts, seeds, judge, resolution) | {"steps": "autoencoder round trip", "cpu_ms_per_image": None}
+
+
+def _prompts_and_seeds(per_group: int, seeds_per_prompt: int):
+    groups = prompt_set(per_group)
+    seeds = list(range(1000, 1000 + seeds_per_prompt))  # held-out seeds: training never samples with a seed
+    return [p for g in GROUPS for p in groups[g]], seeds
+
+
+def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, resolution: int) -> dict:
+    """Metrics per group and over all prompts against real renders of the same prompts, plus the real-vs-real floor
+    of the Fréchet distance (two independent real sets of the same size)."""
     real, real_again = real_images(prompts, seeds, resolution), real_images(prompts, seeds, resolution, salt="floor")
     to_pred = lambda x: judge_lib.predict(judge, judge_lib.to_tensor(x))
     pred, pred_real, pred_again = to_pred(images), to_pred(real), to_pred(real_again)
@@ -88,8 +109,8 @@ def evaluate(engine, judge, steps: int, per_group: int = 32, seeds_per_prompt: i
         idx = np.flatnonzero(mask)
         return metrics.report(pick(pred), pick(pred_real), images[idx], real[idx], [specs[i] for i in idx], [names[i] for i in idx])
 
-    result = {"steps": steps, "images": len(images), "prompts_per_group": per_group, "seeds_per_prompt": seeds_per_prompt,
-              "cpu_ms_per_image": round(ms, 1), "all": subset(np.ones(len(images), bool))}
+    result = {"images": len(images), "prompts_per_group": len(prompts) // len(GROUPS), "seeds_per_prompt": len(seeds),
+              "all": subset(np.ones(len(images), bool))}
     result["all"]["frechet_floor_real_vs_real"] = metrics.frechet_distance(pred_again["features"].numpy(), pred_real["features"].numpy())
     for g in GROUPS:
         result[g] = subset(group_of == g)
@@ -124,17 +145,29 @@ def markdown_table(results: list[dict], model: str) -> str:
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for r in results:
         row = summary_row(r)
-        lines.append(f"| {model} | {r['steps']} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+        cells = ["–" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
+        lines.append(f"| {model} | {r['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def save_grid(results: list[dict], path: Path, per_group: int = 2) -> None:
-    """Rows: the evaluated variants; columns: the first `per_group` prompts of each group at the first seed."""
-    from PIL import Image
+def save_grid(results: list[dict], path: Path, per_group: int = 2, labels: list[str] | None = None) -> None:
+    """Rows: the evaluated variants (labelled on the left); columns: the first `per_group` prompts of each group at
+    the first seed."""
+    from PIL import Image, ImageDraw
 
     first = results[0]
     seeds, n = first["seeds_per_prompt"], first["prompts_per_group"]
     picks = [(g * n + k) * seeds for g in range(len(GROUPS)) for k in range(per_group)]
-    rows = [np.concatenate([r["samples"][i] for i in picks], axis=1) for r in results]
+    rows = []
+    for r, label in zip(results, labels or [_row_label(r) for r in results]):
+        strip = np.concatenate([r["samples"][i] for i in picks], axis=1)
+        tag = Image.new("RGB", (150, strip.shape[0]), (255, 255, 255))
+        ImageDraw.Draw(tag).multiline_text((6, strip.shape[0] // 2 - 12), label, fill=(0, 0, 0))
+        rows.append(np.concatenate([np.asarray(tag), strip], axis=1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def _row_label(result: dict) -> str:
+    steps = result["steps"]
+    return steps.replace(" round ", "\nround ") if isinstance(steps, str) else f"{steps} step{'s' if steps > 1 else ''}"

@@ -161,12 +161,12 @@ def test_eval_cli_scores_a_shipped_model_and_writes_json_table_and_grid(finished
     out = tmp_path / "eval.json"
     result = subprocess.run([sys.executable, "-m", "distill.shapes", "eval", "--model", str(model), "--steps", "2", "1",
                              "--json", str(out), "--per-group", "2", "--seeds", "2", "--judge", str(tmp_path / "judge.safetensors"),
-                             "--grid", str(tmp_path / "grid.png")], capture_output=True, text=True)
+                             "--grid", str(tmp_path / "grid.png"), "--round-trip"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [r["steps"] for r in rows] == [2, 1] and rows[0]["images"] == 3 * 2 * 2
+    assert [r["steps"] for r in rows] == [2, 1, "autoencoder round trip"] and rows[0]["images"] == 3 * 2 * 2
     for key in ("single", "two", "held_out", "frechet", "frechet_floor", "sharpness", "diversity", "colour_bias", "count_errors", "cpu_ms_per_image"):
         assert key in rows[0]["summary"]
     assert "| model | steps |" in result.stdout
     from PIL import Image
-    assert Image.open(tmp_path / "grid.png").size == (6 * 64, 2 * 64)
+    assert Image.open(tmp_path / "grid.png").size == (150 + 6 * 64, 3 * 64)  # a label strip, then 2 prompts per group
