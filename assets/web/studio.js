@@ -84,9 +84,9 @@
     if (header.seq <= lastDrawn) return; // a newer frame was decoded meanwhile
     if (canvas.width !== header.width || canvas.height !== header.height) {
       canvas.width = header.width; canvas.height = header.height;
-      // A small frame (the shapes model's 128 px) is scaled up with crisp pixels instead of a bilinear smear.
-      canvas.classList.toggle("upscaled", header.width < 384);
     }
+    // A small frame (the shapes model's 128 px) is scaled up with crisp pixels instead of a bilinear smear.
+    canvas.classList.toggle("upscaled", header.width < 384);
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
     bitmap.close();
     lastDrawn = header.seq;
