@@ -1,7 +1,7 @@
 """One optimizer step of every phase type on the exact SDXL UNet (random weights: real cost, meaningless pictures).
 
 Seconds per optimizer step and peak GPU memory per phase type, through the training loop's own step functions
-(train.train_step: G then D), bf16 autocast and gradient checkpointing, as a JSON file:
+(train.distill_step / train.optimizer_step), bf16 autocast and gradient checkpointing, as a JSON file:
 
     python -m distill.bench_gpu --json docs/benchmarks/distill_$(nvidia-smi --query-gpu=name --format=csv,noheader | tr ' ' _).json
     python -m distill.bench_gpu --model tiny --resolution 64 --device cpu --precision no --json /tmp/bench.json  # smoke test
@@ -27,7 +27,7 @@ from .config import PhaseConfig, StageConfig
 from .discriminator import Discriminator
 from .lora import teacher_context
 from .schedule import student_jump, training_timesteps
-from .train import DTYPES, PhaseModels, cast_to, checkpoint_blocks, shape_student, train_step
+from .train import DTYPES, PhaseModels, cast_to, checkpoint_blocks, distill_step, optimizer_step, shape_student
 
 PAPER = dict(betas=(0.0, 0.99))
 PHASE_TYPES = [  # (name, stage, phase): each phase type of the paper's plan, on a stage where it occurs
@@ -66,8 +66,8 @@ def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_d
     d_params = [p for p in disc.parameters() if p.requires_grad] if disc is not None else []
     g_opt = accelerator.prepare(torch.optim.Adam(g_params, lr=phase.lr, betas=phase.betas))
     d_opt = accelerator.prepare(torch.optim.Adam(d_params, lr=phase.lr, betas=phase.betas)) if disc is not None else None
-    prepared, prepared_disc = accelerator.prepare(student), accelerator.prepare(disc) if disc else None
-    models = PhaseModels(prepared, teacher, ctx, stage.teacher_steps, "epsilon", disc, prepared_disc)
+    prepared = accelerator.prepare(student)
+    models = PhaseModels(prepared, teacher, ctx, stage.teacher_steps, "epsilon", disc, accelerator.prepare(disc) if disc else None)
 
     size = resolution // 8
     generator = torch.Generator().manual_seed(0)
@@ -78,8 +78,8 @@ def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_d
     alphas_bar = torch.linspace(0.9991, 0.0047, 1000, device=device)  # SDXL's range; values do not change the cost
 
     def one_step():
-        train_step(accelerator, stage, phase, models, [(x_t, t, t_next, cond, generator)], (prepared, g_params, g_opt),
-                   (prepared_disc, d_params, d_opt), alphas_bar, 1.0)
+        distill_step(accelerator, stage, phase, models, x_t, t, t_next, cond, alphas_bar, generator)
+        optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, 1.0)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

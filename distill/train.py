@@ -4,7 +4,7 @@ Read `train` top to bottom. A stage starts from the previous stage's student (th
 ends by writing its student to <output_dir>/stages/<name>/. In a phase, every optimizer step draws a batch of
 cached latents, noises it to a training timestep t, lets the teacher solve n small steps to t - ns ("real") and
 the student jump there in one ("fake"), then takes a student (G) step and, in adversarial phases, a
-discriminator (D) step on a fresh fake from the updated student (G and D alternate, as in the paper). Randomness is drawn from generators seeded by (seed, stage, phase, step, micro-batch, rank),
+discriminator (D) step. Randomness is drawn from generators seeded by (seed, stage, phase, step, micro-batch, rank),
 so a resumed run draws exactly what the uninterrupted one would have.
 
 Under FSDP (accelerate's fsdp_version 2, distill/configs/accelerate_fsdp.yaml) the student and the discriminator are
@@ -155,11 +155,11 @@ def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: in
     return student
 
 
-def generator_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, alphas_bar, generator):
-    """G on one micro-batch: the student's one jump against the teacher's n small steps, MSE (or, converting to
-    x0, MSE to the x0 the teacher implies) or the non-saturating GAN loss against the current D. Backpropagates into
-    the student only. -> (loss_g, x_real): the teacher's target, which the D step that follows reuses."""
+def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, alphas_bar, generator):
+    """One micro-batch, both losses backpropagated: G = MSE to the teacher (or to its x0, converting to x0) or the
+    non-saturating GAN loss; then, in adversarial phases, D on real and fake. -> (loss_g, loss_d, real, fake logits)."""
     with accelerator.autocast():
+        # G step: the student's one jump against the teacher's n small steps.
         x_fake, x0_fake = student_step(m.student, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)
         with m.teacher_ctx(m.teacher), torch.no_grad():
             if phase.objective == "x0_convert":  # same t: the x0 the epsilon teacher implies
@@ -170,8 +170,8 @@ def generator_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, co
         if not phase.adversarial:
             loss_g = mse_loss(x0_fake if phase.objective == "x0_convert" else x_fake, x_real)
             accelerator.backward(loss_g)
-            return loss_g, x_real
-        _, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
+            return loss_g, None, None, None
+        real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
         given = (x_t, t) if phase.objective == "conditional" else ()
         loss_g = g_loss_nonsaturating(m.disc(fake_in, t_d, cond, *given))
     # Only the student's weights take the G gradient; it still flows through D to reach them. So: D's backward to
@@ -180,63 +180,35 @@ def generator_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, co
     # and toggling D's requires_grad would change what its checkpointed blocks recompute.
     (fake_grad,) = torch.autograd.grad(loss_g, fake_in)
     accelerator.backward((fake_in * fake_grad).sum())
-    return loss_g, x_real
-
-
-def discriminator_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, x_real, alphas_bar, generator):
-    """D on one micro-batch, after the student's update (the paper alternates): the teacher's x_real against a fresh
-    fake from the just-updated student, one forward over both concatenated. -> (loss_d, real logits, fake logits)."""
     with accelerator.autocast():
-        with torch.no_grad():
-            x_fake, _ = student_step(m.student, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)
-        real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
+        # D step: one forward over real and (detached) fake concatenated.
         both = {k: torch.cat([v, v]) for k, v in cond.items()}
         given = (torch.cat([x_t, x_t]), t) if phase.objective == "conditional" else ()
-        logits = m.disc_model(torch.cat([real_in, fake_in]), torch.cat([t_d, t_d]), both, *given)
+        logits = m.disc_model(torch.cat([real_in, fake_in.detach()]), torch.cat([t_d, t_d]), both, *given)
         real_logits, fake_logits = logits.float().chunk(2)
         loss_d = d_loss_nonsaturating(real_logits, fake_logits)
     accelerator.backward(loss_d)
-    return loss_d, real_logits, fake_logits
+    return loss_g, loss_d, real_logits, fake_logits
 
 
-def optimizer_step(accelerator, params, optimizer, max_grad_norm: float, name: str) -> tuple[bool, dict]:
-    """Clip and step one optimizer on the accumulation boundary, unless a gradient is NaN/Inf (then skip).
+def optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, max_grad_norm: float) -> tuple[bool, dict]:
+    """Clip and step both optimizers on the accumulation boundary, unless a gradient is NaN/Inf (then skip).
     Off the boundary accelerate's optimizers ignore step/zero_grad, so this is safe to call every micro-batch.
-    Under FSDP each process holds shards of the gradients; the check and the norm are over whole gradients (DTensor
+    Under FSDP each process holds shards of the gradients; the check and the norms are over whole gradients (DTensor
     reductions), so every process gets the same verdict and skips together."""
     finite, norms = True, {}
     if accelerator.sync_gradients:
-        finite = grads_finite(params)
+        finite = grads_finite(g_params) and grads_finite(d_params)
         if finite:
-            norms[f"grad_norm_{name}"] = float(whole(accelerator.clip_grad_norm_(params, max_grad_norm)))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+            norms["grad_norm_g"] = float(whole(accelerator.clip_grad_norm_(g_params, max_grad_norm)))
+            if d_params:
+                norms["grad_norm_d"] = float(whole(accelerator.clip_grad_norm_(d_params, max_grad_norm)))
+    for opt in (g_opt, d_opt):
+        if opt is not None:
+            if finite:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
     return finite, norms
-
-
-def train_step(accelerator, stage, phase, m: PhaseModels, draws, g, d, alphas_bar, max_grad_norm: float) -> tuple[bool, dict]:
-    """One optimizer step: G over every micro-batch and its optimizer step, then (adversarial phases) D over the same
-    micro-batches with fresh fakes and its step. `draws` yields (x_t, t, t_next, cond, generator) per micro-batch;
-    g and d are (prepared model, trainable params, optimizer). -> (both steps finite, record fields)."""
-    kept, record = [], {}
-    for x_t, t, t_next, cond, generator in draws:
-        with accelerator.accumulate(g[0]):
-            loss_g, x_real = generator_step(accelerator, stage, phase, m, x_t, t, t_next, cond, alphas_bar, generator)
-            finite, norms = optimizer_step(accelerator, g[1], g[2], max_grad_norm, "g")
-        kept.append((x_t, t, t_next, cond, x_real, generator))
-    record.update(loss_g=loss_g.item(), **norms)
-    if not phase.adversarial:
-        return finite, record
-    # accelerate counts accumulation per accumulate() entry, so the D pass syncs by hand: no gradient all-reduce
-    # until the last micro-batch, then one step (sync_gradients is still True from G's last micro-batch).
-    for k, (x_t, t, t_next, cond, x_real, generator) in enumerate(kept):
-        with accelerator.no_sync(d[0]) if k + 1 < len(kept) else nullcontext():
-            loss_d, real_logits, fake_logits = discriminator_step(accelerator, stage, phase, m, x_t, t, t_next, cond, x_real, alphas_bar, generator)
-    finite_d, norms = optimizer_step(accelerator, d[1], d[2], max_grad_norm, "d")
-    record.update(loss_d=loss_d.item(), d_acc_real=float((real_logits > 0).float().mean()),
-                  d_acc_fake=float((fake_logits < 0).float().mean()), **norms)
-    return finite and finite_d, record
 
 
 def train(config: Config, resume: bool = False, stop_after: int | None = None) -> list[dict]:
@@ -332,6 +304,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             skeletons = [meta_copy(student), meta_copy(disc) if disc is not None else None] if fsdp else None
             student_model, g_opt = accelerator.prepare(student, g_opt)
             disc_model, d_opt = accelerator.prepare(disc, d_opt) if disc is not None else (None, None)
+            models = [student_model] + ([disc_model] if disc is not None else [])
             # Parameters as prepared (FSDP replaces them by sharded ones): what is clipped and checked.
             g_params = [p for p in student_model.parameters() if p.requires_grad]
             d_params = [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else []
@@ -347,19 +320,21 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             progress_bar = tqdm(range(start, phase.steps), desc=label, disable=not accelerator.is_local_main_process)
 
             for step in progress_bar:
-                draws = []
                 for micro in range(tc.gradient_accumulation_steps):
                     generator = torch.Generator().manual_seed(step_seed(tc.seed, i, j, step, micro, accelerator.process_index))
-                    draws.append((*draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device), generator))
-                finite, fields = train_step(accelerator, stage, phase, m, draws, (student_model, g_params, g_opt),
-                                            (disc_model, d_params, d_opt), alphas_bar, tc.max_grad_norm)
+                    x_t, t, t_next, cond = draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device)
+                    with accelerator.accumulate(*models):
+                        loss_g, loss_d, real_logits, fake_logits = distill_step(
+                            accelerator, stage, phase, m, x_t, t, t_next, cond, alphas_bar, generator)
+                        finite, norms = optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, tc.max_grad_norm)
                 skipped += not finite
 
                 global_step += 1
-                record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "lr": phase.lr,
-                          "skipped_steps": skipped, **fields}
-                if phase.adversarial:
-                    record["lr_d"] = phase.d_lr or phase.lr
+                record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "loss_g": loss_g.item(),
+                          "lr": phase.lr, "skipped_steps": skipped, **norms}
+                if loss_d is not None:
+                    record.update(loss_d=loss_d.item(), lr_d=phase.d_lr or phase.lr, d_acc_real=float((real_logits > 0).float().mean()),
+                                  d_acc_fake=float((fake_logits < 0).float().mean()))
                 records.append(record)
                 if global_step % tc.log_every == 0 or step + 1 == phase.steps:
                     accelerator.log({f"{label}/{k}": v for k, v in record.items() if k not in ("stage", "phase", "step", "global_step")}, step=global_step)
@@ -379,7 +354,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             else:
                 student = accelerator.unwrap_model(student_model)
                 disc = accelerator.unwrap_model(disc_model) if disc is not None else None
-            del student_model, disc_model, m, g_params, d_params, g_opt, d_opt
+            del student_model, disc_model, models, m, g_params, d_params, g_opt, d_opt
             accelerator.free_memory()  # drop the accelerator's references to this phase's wrappers and optimizers
             if accelerator.is_main_process:
                 if phase.params == "lora" and (j + 1 == len(stage.phases) or stage.phases[j + 1].params != "lora"):
