@@ -107,15 +107,19 @@ RESUME_NEUTRAL = {"train.output_dir", "train.checkpoint_every", "train.keep_chec
                   "train.validation_prompts", "train.validation_seeds"}
 
 
-def load_config(path) -> Config:
+def read_toml(path) -> dict:
+    """A TOML file's tables, or ConfigError naming the file and what is wrong with it."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(raw, str(path))
+
+
+def load_config(path) -> Config:
+    return parse_config(read_toml(path), str(path))
 
 
 def parse_config(raw: dict, path: str = "") -> Config:

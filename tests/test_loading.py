@@ -141,7 +141,7 @@ def test_default_model_falls_back_to_the_embedded_one_when_lightning_weights_are
 
 
 def test_default_falls_back_to_tiny_when_the_shapes_weights_are_missing_too(monkeypatch, tmp_path):
-    from pipelines import startup, variants
+    from pipelines import variants
 
     monkeypatch.setattr(variants, "SHAPES_FOLDER", tmp_path / "no-shapes-here")
     engine = load_engine(device="cpu", steps=[1])

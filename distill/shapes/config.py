@@ -1,11 +1,9 @@
 """The pre-training config of the shapes world (distill/configs/shapes_pretrain.toml), parsed and checked like
 distill's plans: unknown keys and wrong types are refused naming the key."""
 
-import tomllib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from ..config import ConfigError, _check, _no_unknown, _section
+from ..config import _check, _no_unknown, _section, read_toml
 
 
 @dataclass(frozen=True)
@@ -128,14 +126,7 @@ def parse(raw: dict) -> PretrainConfig:
 
 
 def load(path) -> PretrainConfig:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(raw)
+    return parse(read_toml(path))
 
 
 def validate(c: PretrainConfig) -> None:
