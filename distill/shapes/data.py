@@ -39,3 +39,13 @@ def random_crops(x: torch.Tensor, size: int, generator: torch.Generator, *others
 
 def captions_for(indices, seed: int, rng: random.Random) -> list[str]:
     return [caption(training_scene(seed, i), rng)[0] for i in indices]
+
+
+def training_crops(seed: int, scenes: int, resolution: int, batch_size: int, crop: int, generator: torch.Generator,
+                   with_mask: bool = False):
+    """A batch of random training scenes, rendered and cropped (the autoencoders train on crops): x or (x, mask)."""
+    indices = torch.randint(scenes, (batch_size,), generator=generator).tolist()
+    rendered = images([training_scene(seed, k) for k in indices], resolution, with_mask=with_mask)
+    if with_mask:
+        return random_crops(*rendered[:1], crop, generator, rendered[1])
+    return random_crops(rendered, crop, generator)[0]

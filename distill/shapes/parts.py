@@ -9,6 +9,7 @@ from pipelines.errors import StudioError
 from ..checkpoint import atomic_dir
 from ..config import config_diff
 from .config import PretrainConfig
+from .loop import run
 
 DONE = "done.json"
 
@@ -55,3 +56,11 @@ def finish(c: PretrainConfig, part: str, write, report: dict) -> dict:
     return report
 
 
+
+
+def train_part(c: PretrainConfig, part, accelerator, resume: bool, stop_after: int | None) -> None:
+    """Run a loop.Part in <output_dir>/<name> with the config's seed, checkpoint and logging settings; its
+    checkpoints must agree with the config sections the part depends on."""
+    t = c.train
+    run(part, Path(t.output_dir) / part.name, c.section(part.name), t.seed, accelerator, resume=resume,
+        checkpoint_every=t.checkpoint_every, keep=t.keep_checkpoints, log_every=t.log_every, stop_after=stop_after)

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from . import judge as judge_lib
 from . import models
 from .config import PretrainConfig
-from .data import images, random_crops, training_scene
-from .loop import Part, make_accelerator, run
-from .parts import final_dir, finish, is_done, lr_at, set_lr
+from .data import images, training_crops, training_scene
+from .loop import Part, make_accelerator
+from .parts import final_dir, finish, is_done, lr_at, set_lr, train_part
 from .world import scene_from_seed
 
 HELD_OUT_SEED = 20_000_003  # evaluation scenes: a seed range training never draws from
@@ -55,9 +55,7 @@ def train_vae(c: PretrainConfig, resume: bool, stop_after: int | None = None) ->
 
     def step(i: int, generator: torch.Generator) -> dict:
         set_lr(optimizer, lr := lr_at(i, v.steps, v.lr, 100))
-        indices = torch.randint(c.world.train_scenes, (v.batch_size,), generator=generator).tolist()
-        x, mask = images([training_scene(c.world.seed, k) for k in indices], c.world.resolution, with_mask=True)
-        x, mask = random_crops(x, v.crop, generator, mask)
+        x, mask = training_crops(c.world.seed, c.world.train_scenes, c.world.resolution, v.batch_size, v.crop, generator, with_mask=True)
         posterior = vae.encode(x).latent_dist
         x_hat = vae.decode(posterior.sample(generator)).sample
         l1, edges, kl = weighted_l1(x_hat, x, mask, v.object_weight), edge_l1(x_hat, x), posterior.kl().mean()
@@ -69,8 +67,7 @@ def train_vae(c: PretrainConfig, resume: bool, stop_after: int | None = None) ->
         return {"loss": loss.item(), "l1_weighted": l1.item(), "edge_l1": edges.item(), "kl": kl.item(), "lr": lr}
 
     began = time.perf_counter()
-    run(Part("vae", {"vae": vae}, optimizer, step, v.steps), folder, c.section("vae"), c.train.seed, accelerator,
-        resume=resume, checkpoint_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints, log_every=c.train.log_every, stop_after=stop_after)
+    train_part(c, Part("vae", {"vae": vae}, optimizer, step, v.steps), accelerator, resume, stop_after)
     vae.eval()
     with torch.no_grad():
         fit = images([training_scene(c.world.seed, k) for k in range(512)], c.world.resolution)
@@ -121,9 +118,7 @@ def train_decoder(c: PretrainConfig, resume: bool, stop_after: int | None = None
 
     def step(i: int, generator: torch.Generator) -> dict:
         set_lr(optimizer, lr := lr_at(i, d.steps, d.lr, 50))
-        indices = torch.randint(c.world.train_scenes, (d.batch_size,), generator=generator).tolist()
-        x, mask = images([training_scene(c.world.seed, k) for k in indices], c.world.resolution, with_mask=True)
-        x, mask = random_crops(x, c.vae.crop, generator, mask)
+        x, mask = training_crops(c.world.seed, c.world.train_scenes, c.world.resolution, d.batch_size, c.vae.crop, generator, with_mask=True)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator)
         x_hat = vae.decode(z).sample
@@ -136,8 +131,7 @@ def train_decoder(c: PretrainConfig, resume: bool, stop_after: int | None = None
         return {"loss": loss.item(), "l1_weighted": l1.item(), "edge_l1": edges.item(), "lr": lr}
 
     began = time.perf_counter()
-    run(Part("decoder", {"vae": vae}, optimizer, step, d.steps), folder, c.section("decoder"), c.train.seed, accelerator,
-        resume=resume, checkpoint_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints, log_every=c.train.log_every, stop_after=stop_after)
+    train_part(c, Part("decoder", {"vae": vae}, optimizer, step, d.steps), accelerator, resume, stop_after)
     vae.eval()
     report = reconstruction_report(c, vae.decode, vae) | {"train_seconds_this_run": round(time.perf_counter() - began, 1)}
     accelerator.print(f"decoder: held-out PSNR {report['psnr']:.2f} dB, judge on reconstructions {report.get('judge_all_attributes', float('nan')):.1%}")
@@ -156,8 +150,7 @@ def train_vae_tiny(c: PretrainConfig, resume: bool, stop_after: int | None = Non
 
     def step(i: int, generator: torch.Generator) -> dict:
         set_lr(optimizer, lr := lr_at(i, v.steps, v.lr, 50))
-        indices = torch.randint(c.world.train_scenes, (v.batch_size,), generator=generator).tolist()
-        (x,) = random_crops(images([training_scene(c.world.seed, k) for k in indices], c.world.resolution), c.vae.crop, generator)
+        x = training_crops(c.world.seed, c.world.train_scenes, c.world.resolution, v.batch_size, c.vae.crop, generator)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
             target = vae.decode(z).sample
@@ -170,8 +163,7 @@ def train_vae_tiny(c: PretrainConfig, resume: bool, stop_after: int | None = Non
         return {"loss": loss.item(), "encoder_mse": encoder_loss.item(), "decoder_l1": decoder_loss.item(), "lr": lr}
 
     began = time.perf_counter()
-    run(Part("vae_tiny", {"vae_tiny": tiny}, optimizer, step, v.steps), folder, c.section("vae_tiny"), c.train.seed, accelerator,
-        resume=resume, checkpoint_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints, log_every=c.train.log_every, stop_after=stop_after)
+    train_part(c, Part("vae_tiny", {"vae_tiny": tiny}, optimizer, step, v.steps), accelerator, resume, stop_after)
     tiny.eval()
     report = reconstruction_report(c, lambda z: tiny.decode(z * sf), vae)
     report["train_seconds_this_run"] = round(time.perf_counter() - began, 1)

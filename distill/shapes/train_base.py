@@ -21,8 +21,8 @@ from . import metrics, models
 from .config import PretrainConfig
 from .data import captions_for
 from .evaluate import prompt_set
-from .loop import Part, make_accelerator, run
-from .parts import final_dir, finish, lr_at, set_lr
+from .loop import Part, make_accelerator
+from .parts import final_dir, finish, lr_at, set_lr, train_part
 from .train_autoencoders import load_latents, load_vae
 
 
@@ -113,9 +113,7 @@ def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -
             accelerator.print(f"step {step_count}: judge adherence on the sample grid {adherence:.0%}")
 
     began = time.perf_counter()
-    run(Part("unet", trained, optimizer, step, u.steps, ema=ema, on_checkpoint=samples), folder, c.section("unet"), c.train.seed,
-        accelerator, resume=resume, checkpoint_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints,
-        log_every=c.train.log_every, stop_after=stop_after)
+    train_part(c, Part("unet", trained, optimizer, step, u.steps, ema=ema, on_checkpoint=samples), accelerator, resume, stop_after)
     ema.copy_to(params)
     for m in trained.values():
         m.eval()

@@ -9,8 +9,8 @@ import torch
 
 from . import judge as judge_lib
 from .config import PretrainConfig
-from .loop import Part, make_accelerator, run
-from .parts import finish, lr_at, set_lr
+from .loop import Part, make_accelerator
+from .parts import finish, lr_at, set_lr, train_part
 
 
 def train_judge(c: PretrainConfig, resume: bool, stop_after: int | None = None) -> dict:
@@ -30,9 +30,7 @@ def train_judge(c: PretrainConfig, resume: bool, stop_after: int | None = None) 
         return {"loss": loss.item(), "lr": lr}
 
     began = time.perf_counter()
-    run(Part("judge", {"judge": judge}, optimizer, step, c.judge.steps), folder, c.section("judge"), c.train.seed, accelerator,
-        resume=resume, checkpoint_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints, log_every=c.train.log_every,
-        stop_after=stop_after)
+    train_part(c, Part("judge", {"judge": judge}, optimizer, step, c.judge.steps), accelerator, resume, stop_after)
     images, target = judge_lib.held_out_renders(c.judge.eval_images, c.world.resolution)
     report = {"held_out_accuracy": judge_lib.accuracy(judge, images, target), "held_out_images": c.judge.eval_images,
               "train_seconds_this_run": round(time.perf_counter() - began, 1)}
