@@ -36,6 +36,14 @@ def page(browser, tiny_studio):
     context.close()
 
 
+def compare(page, variants: int):
+    """Click Compare steps, wait until every variant's image has loaded; -> the latency table's rows."""
+    page.click("#compare")
+    page.wait_for_function("n => { const imgs = [...document.querySelectorAll('#compare-gallery img')];"
+                           " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }", arg=variants)
+    return page.locator("#compare-latency table tbody tr")
+
+
 def wait_for_last_frame(page) -> dict:
     """Wait until the frame on screen is the answer to the last request the page sent."""
     page.wait_for_function("() => { const d = document.getElementById('studio-root').dataset;"
@@ -82,11 +90,7 @@ def test_snapshot_saves_a_png_with_prompt_seed_steps_and_model(page, tmp_path):
 
 def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_studio, tmp_path):
     _, studio = tiny_studio
-    page.click("#compare")
-    page.wait_for_function("n => { const imgs = [...document.querySelectorAll('#compare-gallery img')];"
-                           " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                           arg=len(studio.engine.steps))
-    rows = page.locator("#compare-latency table tbody tr")
+    rows = compare(page, len(studio.engine.steps))
     # no reference variant in the tiny model: most steps first
     assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [str(s) for s in sorted(studio.engine.steps, reverse=True)]
     assert "ms" in page.locator("#compare-latency").inner_text()

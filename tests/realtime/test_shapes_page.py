@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
 from realtime_fakes import serve, wait_until
-from test_realtime_browser import CHROMIUM, FLAGS, WAIT_MS, dataset, wait_for_last_frame
+from test_realtime_browser import CHROMIUM, FLAGS, WAIT_MS, compare, dataset, wait_for_last_frame
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "studio.png"
 
@@ -55,11 +55,7 @@ def test_an_example_prompt_is_one_click_and_its_frame_is_drawn_upscaled(shapes_p
 
 def test_compare_puts_the_reference_first_then_fewer_steps(shapes_page, tmp_path):
     page, studio = shapes_page
-    page.click("#compare")
-    page.wait_for_function("n => { const imgs = [...document.querySelectorAll('#compare-gallery img')];"
-                           " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                           arg=len(studio.engine.steps))
-    rows = page.locator("#compare-latency table tbody tr")
+    rows = compare(page, len(studio.engine.steps))
     order = [int(rows.nth(i).locator("td").first.inner_text()) for i in range(rows.count())]
     assert order[0] == studio.engine.reference_steps == 32 and order[1:] == sorted(order[1:], reverse=True)
     assert "CFG 5" in page.locator("#compare-gallery").inner_text()
