@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m distill precompute --config my.toml            # VAE latents + text embeddings -> safetensors shards
   python -m distill train --config distill/configs/tiny.toml
   python -m distill train --config my.toml --resume         # continue the exact stage, phase and step
+  python -m distill train --config ablation.toml --branch-from runs/my   # reuse the stages both plans share
   accelerate launch --config_file distill/configs/accelerate_ddp.yaml -m distill train --config my.toml
   python -m distill export --config my.toml --out exports/my-lightning
 docs: docs/distill.md"""
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run the plan (resumable); launch with `accelerate launch` for several GPUs")
     train.add_argument("--config", type=Path, required=True, help="the plan (TOML; see docs/distill.md)")
     train.add_argument("--resume", action="store_true", help="continue from <train.output_dir>/checkpoints/latest")
+    train.add_argument("--branch-from", type=Path, metavar="RUN_DIR",
+                       help="reuse the finished leading stages of another run that this plan shares (and its latent cache)")
     train.add_argument("--stop-after", type=int, metavar="N",
                        help="stop abruptly after N optimizer steps of this process, without checkpointing (simulates a kill)")
 
@@ -73,6 +76,12 @@ def main(argv=None):
         elif args.command == "train":
             from . import train
 
+            if args.branch_from:
+                from .branch import branch
+
+                shared = branch(config, args.branch_from)
+                print(f"branching from {args.branch_from}: reusing stage(s) {', '.join(shared)}" if shared else
+                      f"branching from {args.branch_from}: no stage in common (the first stage's plan differs); training all")
             train.train(config, resume=args.resume, stop_after=args.stop_after)
         elif args.command == "export":
             from . import export

@@ -85,6 +85,7 @@ class StageConfig:
     student_steps: int
     phases: tuple[PhaseConfig, ...]
     prediction_type: str = "epsilon"  # the student's; "sample" (x0) needs an x0_convert phase first
+    pure_noise: bool = True  # train at t = 999 on pure noise (the paper's schedule fix); false only to ablate it
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def _stage(table: dict, where: str) -> StageConfig:
         raise ConfigError(f"{where}.phases: a stage needs at least one [[stages.phases]] table")
     phases = tuple(_section(PhaseConfig, p, f"{where}.phases[{i}]") for i, p in enumerate(phases_raw))
     stage = _section(_StageFields, table, where)
-    return StageConfig(stage.name, stage.teacher_steps, stage.student_steps, phases, stage.prediction_type)
+    return StageConfig(stage.name, stage.teacher_steps, stage.student_steps, phases, stage.prediction_type, stage.pure_noise)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class _StageFields:  # the scalar keys of a [[stages]] table, checked like any o
     teacher_steps: int
     student_steps: int
     prediction_type: str = "epsilon"
+    pure_noise: bool = True
 
 
 def _power_of_two(n: int) -> bool:
@@ -274,7 +276,8 @@ def describe(c: Config) -> str:
              f"in {c.train.output_dir}"]
     total = 0
     for i, s in enumerate(c.stages):
-        lines.append(f"stage {i} {s.name}: {s.teacher_steps} -> {s.student_steps} steps, student predicts {s.prediction_type}")
+        lines.append(f"stage {i} {s.name}: {s.teacher_steps} -> {s.student_steps} steps, student predicts {s.prediction_type}"
+                     + ("" if s.pure_noise else ", no pure noise at t = 999 (ablation)"))
         for j, p in enumerate(s.phases):
             teacher = teacher_of(c, i, j)
             extra = f", CFG {p.guidance_scale:g}" if p.guidance_scale > 1 else ""
@@ -296,6 +299,25 @@ def teacher_of(c: Config, stage: int, phase: int) -> tuple[str, int]:
         return "base", c.stages[0].teacher_steps
     source = c.stages[stage - back]
     return source.name, source.student_steps
+
+
+def lineage(c: Config, stage: int) -> dict:
+    """Everything that decides stage `stage`'s student: model, data, the weight-relevant training keys, and the plan's
+    stages up to it. Two plans whose lineages agree at a stage train the same student there (a finished stage with
+    the same lineage is reused instead of retrained, e.g. by a run branched from another)."""
+    data = c.to_dict()
+    data["train"] = {k: v for k, v in data["train"].items() if f"train.{k}" not in RESUME_NEUTRAL}
+    data["stages"] = data["stages"][:stage + 1]
+    return json_plain(data)
+
+
+def json_plain(value):
+    """Tuples as lists, recursively: the form a dict takes after a JSON round trip, so comparisons agree."""
+    if isinstance(value, dict):
+        return {k: json_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_plain(v) for v in value]
+    return value
 
 
 def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -19,14 +19,26 @@ def group_count(channels: int, max_groups: int = 32) -> int:
     return math.gcd(channels, max_groups)
 
 
+MIN_NORMALIZED_SIZE = 8  # the head normalizes (as the paper's, on SDXL's 32x32 mid-block map) from 8x8 features up
+
+
+def mid_block_size(unet_config, latent_size: int) -> int:
+    """Side of the UNet's mid-block feature map for latent_size x latent_size inputs: latent_size / 2^(levels - 1)."""
+    return latent_size // 2 ** (len(unet_config.block_out_channels) - 1)
+
+
 class HeadBlock(nn.Module):
     """4x4 conv + GroupNorm + SiLU. Stride 2 while the map is at least 2 * min_size wide; at smaller maps the same
-    kernel runs at stride 1 ("same" padding) so every parameter is always used (DDP) and 8x8 latents still work."""
+    kernel runs at stride 1 ("same" padding) so every parameter is always used (DDP) and 8x8 latents still work.
 
-    def __init__(self, in_channels: int, out_channels: int, min_size: int = 4):
+    normalize=False drops the GroupNorm: on a map of a few cells GroupNorm removes each group's mean and scale, which
+    is most of what a 4x4 map says, and the head can no longer separate real from fake (measured on the shapes
+    world: D's loss stayed at 2 ln 2, its accuracy at chance, for whole stages)."""
+
+    def __init__(self, in_channels: int, out_channels: int, min_size: int = 4, normalize: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
-        self.norm = nn.GroupNorm(group_count(out_channels), out_channels)
+        self.norm = nn.GroupNorm(group_count(out_channels), out_channels) if normalize else nn.Identity()
         self.min_size = min_size
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -41,7 +53,7 @@ class Discriminator(nn.Module):
     """logits (B,) for x_{t-ns} (and, when conditional, x_t); real = teacher, fake = student."""
 
     def __init__(self, backbone: dict[str, nn.Module], feature_channels: int, conditional: bool = True,
-                 head_channels: int | None = None, head_blocks: int = 3):
+                 head_channels: int | None = None, head_blocks: int = 3, normalize_head: bool = True):
         super().__init__()
         for name in BACKBONE:
             setattr(self, name, backbone[name])
@@ -49,20 +61,23 @@ class Discriminator(nn.Module):
         head_channels = head_channels or feature_channels
         in_channels = feature_channels * (2 if conditional else 1)
         widths = [in_channels] + [head_channels] * head_blocks
-        self.head = nn.Sequential(*[HeadBlock(c_in, c_out) for c_in, c_out in zip(widths, widths[1:])])
+        self.head = nn.Sequential(*[HeadBlock(c_in, c_out, normalize=normalize_head) for c_in, c_out in zip(widths, widths[1:])])
         self.to_logit = nn.Linear(head_channels, 1)
 
     @classmethod
     def from_unet(cls, teacher_unet, conditional: bool = True, trainable_backbone: bool = True,
-                  head_channels: int | None = None, head_blocks: int = 3) -> "Discriminator":
+                  head_channels: int | None = None, head_blocks: int = 3, latent_size: int | None = None) -> "Discriminator":
         """Copy the teacher's encoder + mid block (pretrained init; LoRA wrappers, if any, dropped for the base
-        weights) and build a freshly initialised head: a new call gives a new head, so build one per stage."""
+        weights) and build a freshly initialised head: a new call gives a new head, so build one per stage.
+        latent_size: the training latents' side (default: the UNet's sample_size); it decides whether the head
+        normalizes (see HeadBlock)."""
         config = teacher_unet.config
         extras = (teacher_unet.class_embedding, teacher_unet.time_embed_act, teacher_unet.encoder_hid_proj)
         if config.addition_embed_type != "text_time" or any(module is not None for module in extras):
             raise ValueError("the discriminator backbone supports SDXL-style UNets (addition_embed_type='text_time') only")
         backbone = {name: without_lora(copy.deepcopy(getattr(teacher_unet, name))) for name in BACKBONE}
-        disc = cls(backbone, config.block_out_channels[-1], conditional, head_channels, head_blocks)
+        disc = cls(backbone, config.block_out_channels[-1], conditional, head_channels, head_blocks,
+                   normalize_head=mid_block_size(config, latent_size or config.sample_size) >= MIN_NORMALIZED_SIZE)
         # fp32 like every trainable model here (autocast runs it in bf16); a bf16 teacher copies exactly.
         disc.to(device=teacher_unet.device, dtype=torch.float32)
         disc.requires_grad_(True)

@@ -40,13 +40,15 @@ def _coefficients(alphas_bar, t, like: torch.Tensor):
     return alpha.float(), sigma.float()
 
 
-def add_noise(x0, noise, t, alphas_bar, terminal_t: int = NUM_TRAIN_TIMESTEPS - 1) -> torch.Tensor:
-    """x_t = alpha_t x0 + sigma_t eps, except x_t = eps exactly where t == terminal_t.
+def add_noise(x0, noise, t, alphas_bar, terminal_t: int | None = NUM_TRAIN_TIMESTEPS - 1) -> torch.Tensor:
+    """x_t = alpha_t x0 + sigma_t eps, except x_t = eps exactly where t == terminal_t (None: nowhere).
 
     The paper's schedule fix: SDXL's alphabar_999 > 0, so the stock schedule never shows the model pure noise, yet
     inference starts from it. Feeding eps at t = T (keeping alphabar for every other use) closes that gap."""
     alpha, sigma = _coefficients(alphas_bar, t, x0)
     noisy = alpha * x0.float() + sigma * noise.float()
+    if terminal_t is None:
+        return noisy.to(x0.dtype)
     terminal = (_timesteps(t, x0.device) == terminal_t).reshape(-1, 1, 1, 1)
     return torch.where(terminal, noise.float(), noisy).to(x0.dtype)
 

@@ -4,7 +4,7 @@ Read `train` top to bottom. A stage starts from the previous stage's student (th
 ends by writing its student to <output_dir>/stages/<name>/. In a phase, every optimizer step draws a batch of
 cached latents, noises it to a training timestep t, lets the teacher solve n small steps to t - ns ("real") and
 the student jump there in one ("fake"), then takes a student (G) step and, in adversarial phases, a
-discriminator (D) step. Randomness is drawn from generators seeded by (seed, stage, phase, step, micro-batch, rank),
+discriminator (D) step. Randomness is drawn from generators seeded by (seed, stage, phase, step, global micro-batch),
 so a resumed run draws exactly what the uninterrupted one would have.
 
 Under FSDP (accelerate's fsdp_version 2, distill/configs/accelerate_fsdp.yaml) the student and the discriminator are
@@ -32,7 +32,7 @@ from pipelines.errors import WeightsUnavailable
 from pipelines.variants import SHAPES_FOLDER
 
 from . import checkpoint
-from .config import Config, teacher_of
+from .config import Config, lineage, teacher_of
 from .data import LatentCache, precompute
 from .discriminator import Discriminator, renoise_timesteps
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
@@ -66,6 +66,12 @@ def stage_dir(config: Config, name: str) -> Path:
     return Path(config.train.output_dir) / "stages" / name
 
 
+def finished(config: Config, index: int) -> bool:
+    """Stage `index` has a saved student trained under this plan's lineage (so it is reused, not retrained)."""
+    info = stage_dir(config, config.stages[index].name) / "stage.json"
+    return info.is_file() and json.loads(info.read_text()).get("lineage") == lineage(config, index)
+
+
 def load_unet(config: Config, source: str, components: dict) -> UNet2DConditionModel:
     """A fresh fp32 copy of the base UNet ("base") or of a finished stage's student."""
     if source == "base":
@@ -81,7 +87,7 @@ def prediction_type_of(config: Config, source: str) -> str:
 
 
 def step_seed(*parts: int) -> int:
-    """One 63-bit seed per (seed, stage, phase, step, micro-batch, rank): resumable, and distinct across ranks."""
+    """One 63-bit seed per (seed, stage, phase, step, global micro-batch): resumable, and distinct across ranks."""
     return hash(tuple(parts)) & ((1 << 63) - 1)
 
 
@@ -95,12 +101,13 @@ def line_x0(x_t, t, x_next, t_next, alphas_bar):
 
 
 def draw_batch(data: LatentCache, stage, batch_size: int, generator, alphas_bar, device):
-    """Latents at a training timestep t (pure noise at t = 999), their conditioning, and the jump target t - ns."""
+    """Latents at a training timestep t (pure noise at t = 999 unless the stage ablates it), their conditioning, and
+    the jump target t - ns."""
     batch = data.batch(torch.randint(len(data), (batch_size,), generator=generator).tolist())
     grid = training_timesteps(stage.student_steps)
     t = grid[int(torch.randint(len(grid), (1,), generator=generator))]
     noise = torch.randn(batch["latents"].shape, generator=generator)
-    x_t = add_noise(batch["latents"], noise, t, alphas_bar.cpu()).to(device)
+    x_t = add_noise(batch["latents"], noise, t, alphas_bar.cpu(), **({} if stage.pure_noise else {"terminal_t": None})).to(device)
     cond = {k: batch[k].to(device) for k in COND_KEYS}
     return x_t, t, student_jump(t, stage.teacher_steps, stage.student_steps), cond
 
@@ -143,16 +150,22 @@ def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: in
         # weights: merging onto a bf16-rounded base would erase the small updates of the previous full phases.
         student.fp32_base = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in student.named_parameters() if not p.requires_grad}
     if phase.params == "full" and j > 0 and stage.phases[j - 1].params == "lora":
-        for name, p in student.named_parameters():
-            if name in student.fp32_base:
-                p.data = student.fp32_base[name].to(p.device)
-        del student.fp32_base
-        student = merge_lora(student.float())
+        student = merge_onto_fp32_base(student)
     if phase.params == "full":
         return student.float().requires_grad_(True)
     for p in student.parameters():  # per parameter, so the LoRA weights never pass through the compute dtype
         p.data = p.data.float() if p.requires_grad else p.data.to(weight_dtype)
     return student
+
+
+def merge_onto_fp32_base(student):
+    """The LoRA student as one plain fp32 UNet: the stage's fp32 starting weights put back under the adapters (the
+    frozen base may have run in bf16), then the LoRA merged into them."""
+    for name, p in student.named_parameters():
+        if name in student.fp32_base:
+            p.data = student.fp32_base[name].to(p.device)
+    del student.fp32_base
+    return merge_lora(student.float())
 
 
 def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, alphas_bar, generator):
@@ -237,6 +250,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     components["unet"].to("cpu")  # the base is only copied from (stage 0's student, its teacher): keep it off the GPU
     vae = components["vae"].to(device)
     alphas_bar = components["scheduler"].alphas_cumprod.to(device)
+    latent_size = config.data.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
 
     resumed = None
     if resume and (path := checkpoint.latest(out / "checkpoints")) is not None:
@@ -246,8 +260,9 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     records, steps_this_process = [], 0
 
     for i, stage in enumerate(config.stages):
-        if resumed and i < resumed[2]["stage"]:
-            continue  # finished: its student is in stages/<name>/
+        if (resumed and i < resumed[2]["stage"]) or (not resumed and finished(config, i)):
+            accelerator.print(f"stage {stage.name}: finished under this plan, reusing {stage_dir(config, stage.name)}")
+            continue
         student = load_unet(config, config.stages[i - 1].name if i else "base", components).to(device)
         if tc.gradient_checkpointing:
             student.enable_gradient_checkpointing()
@@ -281,7 +296,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                 with torch.random.fork_rng(devices=[]):  # a fresh D (new head) whenever the objective changes
                     torch.manual_seed(step_seed(tc.seed, i, j, -2))
                     disc = Discriminator.from_unet(load_unet(config, source, components), conditional=phase.objective == "conditional",
-                                                   trainable_backbone=phase.trainable_backbone).to(device).float()
+                                                   trainable_backbone=phase.trainable_backbone, latent_size=latent_size).to(device).float()
                 if tc.gradient_checkpointing:
                     checkpoint_blocks(disc)
             if not phase.adversarial:
@@ -321,7 +336,9 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
 
             for step in progress_bar:
                 for micro in range(tc.gradient_accumulation_steps):
-                    generator = torch.Generator().manual_seed(step_seed(tc.seed, i, j, step, micro, accelerator.process_index))
+                    # Global micro-batch index: N processes x 1 micro-batch draw what 1 process x N micro-batches draws.
+                    micro_batch = micro * accelerator.num_processes + accelerator.process_index
+                    generator = torch.Generator().manual_seed(step_seed(tc.seed, i, j, step, micro_batch))
                     x_t, t, t_next, cond = draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device)
                     with accelerator.accumulate(*models):
                         loss_g, loss_d, real_logits, fake_logits = distill_step(
@@ -359,6 +376,8 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             if accelerator.is_main_process:
                 if phase.params == "lora" and (j + 1 == len(stage.phases) or stage.phases[j + 1].params != "lora"):
                     _save_lora(stage_dir(config, stage.name), student, tc.lora_rank)
+                    # The student as its LoRA phases left it (before any full-UNet phase), to measure what they gave.
+                    _save_unet(stage_dir(config, stage.name) / "lora_student", merge_onto_fp32_base(copy.deepcopy(student)))
                 if validation is not None:
                     latents = sample(student, validation[1], stage.student_steps, validation[0], alphas_bar, stage.prediction_type)
                     save_validation(out / "validation" / f"{stage.name}_{j}_{phase.objective}_{phase.params}.png",
@@ -366,7 +385,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             accelerator.wait_for_everyone()
 
         if stage.phases[-1].params == "lora":
-            student = merge_lora(student.float())
+            student = merge_onto_fp32_base(student)
         if accelerator.is_main_process:
             _save_stage(config, i, student.float())
         accelerator.wait_for_everyone()
@@ -417,13 +436,17 @@ def _save_lora(folder: Path, student, rank: int):
     tmp.replace(folder / "lora.safetensors")
 
 
+def _save_unet(folder: Path, unet):
+    with checkpoint.atomic_dir(folder) as tmp:
+        unet.float().save_pretrained(tmp, safe_serialization=True)
+
+
 def _save_stage(config: Config, index: int, student):
     stage = config.stages[index]
     folder = stage_dir(config, stage.name)
-    with checkpoint.atomic_dir(folder / "unet") as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
+    _save_unet(folder / "unet", student)
     info = {"name": stage.name, "teacher_steps": stage.teacher_steps, "student_steps": stage.student_steps,
             "prediction_type": stage.prediction_type, "base_model": config.model.base,
             "lora_file": "lora.safetensors" if (folder / "lora.safetensors").is_file() else None,
-            "lora_rank": config.train.lora_rank}
+            "lora_rank": config.train.lora_rank, "lineage": lineage(config, index)}
     checkpoint.atomic_write_text(folder / "stage.json", json.dumps(info, indent=1))

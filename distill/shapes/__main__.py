@@ -11,6 +11,7 @@ EPILOG = """examples:
   python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml --resume   # after a kill, at any moment
   python -m distill.shapes ship --config distill/configs/shapes_pretrain.toml                # -> assets/models/shapes
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
+  python -m distill.shapes render --out runs/shapes-data --count 8000                        # captioned images for distill
 docs: docs/shapes.md"""
 
 
@@ -26,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     ship = sub.add_parser("ship", help="write the finished base model (fp16) and the judge into assets/")
     ship.add_argument("--config", type=Path, required=True, help="the pre-training config that was run")
     ship.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
+
+    render = sub.add_parser("render", help="write training scenes as name.png + name.txt (a `distill` data folder)")
+    render.add_argument("--out", type=Path, required=True)
+    render.add_argument("--count", type=int, required=True, help="how many scenes (the first N training scenes)")
+    render.add_argument("--config", type=Path, default=Path("distill/configs/shapes_pretrain.toml"),
+                        help="the pre-training config whose world (seed, resolution) to render")
+    render.add_argument("--caption-seed", type=int, default=0, help="seed of the caption phrasing drawn for each scene")
 
     ev = sub.add_parser("eval", help="generate the evaluation prompts with a model variant and score them with the judge")
     ev.add_argument("--model", default="shapes", help="anything --model takes: shapes, a distill export folder, ...")
@@ -57,6 +65,12 @@ def main(argv=None) -> int:
 
             out = ship.ship(config.load(args.config), args.out or ship.SHAPES_FOLDER)
             print(f"wrote {out} and {ship.JUDGE_FILE}")
+        elif args.command == "render":
+            from . import config, data
+
+            world = config.load(args.config).world
+            written = data.render_folder(args.out, args.count, world.seed, world.resolution, args.caption_seed)
+            print(f"wrote {written} captioned scenes ({world.resolution} px) to {args.out}")
         elif args.command == "eval":
             run_eval(args)
         return 0

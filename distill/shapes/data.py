@@ -2,9 +2,14 @@
 rendered batches and crops for the autoencoders, and captions drawn afresh for every UNet step."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pipelines.errors import StudioError
 
 from .captions import caption
 from .judge import to_tensor
@@ -49,3 +54,23 @@ def training_crops(seed: int, scenes: int, resolution: int, batch_size: int, cro
     if with_mask:
         return random_crops(*rendered[:1], crop, generator, rendered[1])
     return random_crops(rendered, crop, generator)[0]
+
+
+def render_folder(out: Path, count: int, seed: int, resolution: int, caption_seed: int = 0) -> int:
+    """Training scenes 0..count-1 as <index>.png + <index>.txt (one caption each): the folder layout `distill`'s
+    data.source = "folder" reads. Held-out colour x shape pairs never appear (they are not training scenes).
+    Files already there are kept, so an interrupted render continues where it stopped. -> count."""
+    if count < 1:
+        raise StudioError(f"--count must be >= 1, got {count}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for index in tqdm(range(count), desc="render", unit="scene"):
+        image, text = out / f"{index:06d}.png", out / f"{index:06d}.txt"
+        if text.is_file():
+            continue
+        scene = training_scene(seed, index)
+        Image.fromarray(render(scene, resolution)).save(image)
+        words = caption(scene, random.Random(stable_seed(caption_seed, "caption", index)))[0]
+        text.with_suffix(".tmp").write_text(words)
+        text.with_suffix(".tmp").replace(text)  # the caption last: its presence means the pair is complete
+    return count

@@ -1,0 +1,181 @@
+"""Tests that would catch a broken GAN, through the trainer's own `distill_step`: a student step against a fixed D
+raises D(fake); D steps against a fixed student raise D's accuracy; only the conditional D reads x_t; each stage
+learns from the previous stage's merged student; two DDP processes train what one process trains on the same batch."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from distill import train as distill_train
+from distill.config import PhaseConfig, StageConfig, parse_config
+from distill.discriminator import Discriminator, mid_block_size
+from distill.schedule import add_noise, alphas_cumprod
+from distill.solver import unet_output
+from pipelines.architectures import tiny_components
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import ROOT, _toml, phase, plan, stage_unet  # noqa: E402
+
+ALPHAS_BAR = alphas_cumprod()
+
+
+def make_cond(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
+            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+
+
+def gan_setup(student_noise: float = 0.0):
+    """A 2-step stage's student (the teacher, plus Gaussian weight noise of that std), a 4-step teacher, a fresh
+    conditional D, a batch at t = 999."""
+    teacher = tiny_components(0)["unet"].requires_grad_(False).eval()
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(student_noise * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    torch.manual_seed(0)
+    disc = Discriminator.from_unet(teacher, conditional=True, latent_size=8)  # as the trainer builds it for 64 px
+    stage = StageConfig("2step", 4, 2, ())
+    phase_config = PhaseConfig("conditional", "full", 1, 1e-3)
+    models = distill_train.PhaseModels(student, teacher, lambda unet: torch.no_grad(), 4, "epsilon", disc, disc)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(8, 4, 8, 8, generator=g)
+    x_t = add_noise(x0, torch.randn(8, 4, 8, 8, generator=g), 999, ALPHAS_BAR)
+    return Accelerator(cpu=True), stage, phase_config, models, x_t, make_cond(8)
+
+
+@pytest.fixture
+def setup():
+    return gan_setup()
+
+
+def step(setup):
+    accelerator, stage, phase_config, m, x_t, cond = setup
+    return distill_train.distill_step(accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, torch.Generator().manual_seed(2))
+
+
+def d_of_fake(m, x_t, cond) -> float:
+    with torch.no_grad():
+        fake = distill_train.student_step(m.student, x_t, 999, 499, cond, ALPHAS_BAR)[0]
+        return float(m.disc(fake, torch.full((len(x_t),), 499), cond, x_t, 999).mean())
+
+
+def test_with_d_fixed_one_student_step_raises_d_of_fake(setup):
+    _, _, _, m, x_t, cond = setup
+    before = d_of_fake(m, x_t, cond)
+    step(setup)  # computes both losses' gradients; only the student's are applied
+    with torch.no_grad():
+        for p in m.student.parameters():
+            p -= 1e-2 * p.grad / (p.grad.norm() + 1e-12)
+    assert d_of_fake(m, x_t, cond) > before + 1e-3
+
+
+def test_with_the_student_fixed_d_steps_raise_its_accuracy():
+    """A student that differs from the teacher (weight noise): 20 D steps take D from chance to telling them apart."""
+    setup = gan_setup(student_noise=0.02)
+    m = setup[3]
+    optimizer = torch.optim.Adam(m.disc.parameters(), lr=3e-4, betas=(0.0, 0.99))
+    losses, accuracies = [], []
+    for _ in range(20):
+        optimizer.zero_grad()
+        m.student.zero_grad()
+        _, loss_d, real, fake = step(setup)
+        optimizer.step()
+        losses.append(float(loss_d.detach()))
+        accuracies.append(float(torch.cat([real > 0, fake < 0]).float().mean()))
+    assert losses[-1] < 0.25 * losses[0], losses  # measured: 1.39 -> 0.03
+    assert accuracies[0] == 0.5 and accuracies[-1] == 1.0, accuracies
+
+
+def test_the_head_normalizes_only_on_maps_big_enough_to_keep_what_tells_real_from_fake():
+    """GroupNorm on a 4x4 map strips each group's mean and scale; with it, the D above stays at 2 ln 2 (chance)."""
+    teacher = tiny_components(0)["unet"]
+    normalized = lambda latent: isinstance(Discriminator.from_unet(teacher, latent_size=latent).head[0].norm, torch.nn.GroupNorm)
+    assert mid_block_size(teacher.config, 8) < 8 and not normalized(8)
+    assert mid_block_size(teacher.config, 128) >= 8 and normalized(128)  # 1024 px SDXL: a 32x32 map, the paper's head
+
+
+def test_only_the_conditional_discriminator_reads_x_t():
+    teacher = tiny_components(0)["unet"].requires_grad_(False)
+    x_next, cond = torch.randn(2, 4, 8, 8), make_cond(2)
+    a, b = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    conditional = Discriminator.from_unet(teacher, conditional=True)
+    unconditional = Discriminator.from_unet(teacher, conditional=False)
+    with torch.no_grad():
+        assert not torch.allclose(conditional(x_next, 499, cond, a, 999), conditional(x_next, 499, cond, b, 999))
+        assert torch.equal(unconditional(x_next, 499, cond, a, 999), unconditional(x_next, 499, cond, b, 999))
+        assert not torch.allclose(unconditional(x_next, 499, cond), unconditional(x_next + 1, 499, cond))
+
+
+STAGES = [{"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("mse", "full", steps=1)]},
+          {"name": "2step", "teacher_steps": 4, "student_steps": 2,
+           "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1),
+                      phase("unconditional", "full", steps=1, teacher="skip")]}]
+
+
+def test_each_stage_learns_from_the_previous_stages_merged_student(tmp_path, monkeypatch):
+    """What teacher_solve runs, probed on a fixed input at every call: the base in stage 0; stage 0's saved student in
+    stage 1 (through the LoRA student with its adapters off, then as a frozen copy); the base again for a skip phase."""
+    probe_x, probe_cond, seen = torch.randn(1, 4, 8, 8), make_cond(1, seed=3), []
+    solve = distill_train.teacher_solve
+
+    def probing_solve(unet, *args, **kwargs):
+        with torch.no_grad():
+            seen.append(unet_output(unet, probe_x, 499, probe_cond).float())
+        return solve(unet, *args, **kwargs)
+
+    monkeypatch.setattr(distill_train, "teacher_solve", probing_solve)
+    config = parse_config(plan(tmp_path, STAGES, checkpoint_every=1000))
+    distill_train.train(config)
+
+    components = tiny_components(0)
+    stage0 = distill_train.load_unet(config, "4step", components)
+    with torch.no_grad():
+        base_out = unet_output(components["unet"], probe_x, 499, probe_cond)
+        stage0_out = unet_output(stage0, probe_x, 499, probe_cond)
+    assert not torch.allclose(base_out, stage0_out)  # stage 0 trained: the two teachers are distinguishable
+    assert len(seen) == 4
+    assert torch.allclose(seen[0], base_out, atol=1e-6)
+    assert torch.allclose(seen[1], stage0_out, atol=1e-6) and torch.allclose(seen[2], stage0_out, atol=1e-6)
+    assert torch.allclose(seen[3], base_out, atol=1e-6)
+
+
+def _train_subprocess(tmp_path, raw, processes: int):
+    config_file = tmp_path / "plan.toml"
+    config_file.write_text(_toml(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if processes > 1 else [sys.executable, "-m"]
+    result = subprocess.run(launcher + ["distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "run"
+
+
+def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batch(tmp_path):
+    """2 processes x batch 1 against 1 process x batch 1 x 2 accumulated micro-batches: the same samples (micro-batch
+    k of process r draws with the seed of global micro-batch k * processes + r), the same averaged gradients, so the
+    same students after two steps of every phase kind, adversarial ones included."""
+    stages = [{"name": "2step", "teacher_steps": 4, "student_steps": 2,
+               "phases": [phase("conditional", "lora", renoise_weights=[1, 1, 1, 1]), phase("unconditional", "full", teacher="previous")]}]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _train_subprocess(tmp_path / "one", plan(tmp_path / "one", stages, batch_size=1, gradient_accumulation_steps=2,
+                                                   checkpoint_every=1000), 1)
+    two = _train_subprocess(tmp_path / "two", plan(tmp_path / "two", stages, batch_size=1, checkpoint_every=1000), 2)
+    a, b = stage_unet(one, "2step"), stage_unet(two, "2step")
+    base = tiny_components(0)["unet"].state_dict()
+    assert any(not torch.equal(a[k], base[k]) for k in a)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    lora_a, lora_b = (load_file(run / "stages" / "2step" / "lora.safetensors") for run in (one, two))
+    assert all(torch.allclose(lora_a[k], lora_b[k], atol=1e-5) for k in lora_a)
+    assert json.loads((two / "stages" / "2step" / "stage.json").read_text())["student_steps"] == 2
