@@ -147,6 +147,12 @@ def read_manifest(folder: Path) -> ModelSpec:
     # (what `distill export` records for a student distilled from it).
     base = {".": str(folder), "shapes": str(SHAPES_FOLDER)}.get(data["base_model"], data["base_model"])
     extras = {key: data[key] for key in MANIFEST_EXTRAS if key in data}
+    base_manifest = Path(base) / MANIFEST_NAME
+    if data["base_model"] != "." and base_manifest.is_file():
+        # A model built on a local base that carries a manifest (a student of the shapes model) serves at the
+        # base's resolution, with its examples, unless it says otherwise.
+        inherited = json.loads(base_manifest.read_text())
+        extras = {key: inherited[key] for key in MANIFEST_EXTRAS if key in inherited} | extras
     extras["examples"] = tuple(extras.get("examples", ()))
     return ModelSpec(folder.name, base, tuple(variants), root=str(folder), **extras)
 

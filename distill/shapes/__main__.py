@@ -11,7 +11,8 @@ EPILOG = """examples:
   python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml --resume   # after a kill, at any moment
   python -m distill.shapes ship --config distill/configs/shapes_pretrain.toml                # -> assets/models/shapes
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
-  python -m distill.shapes render --out runs/shapes-data --count 8000                        # captioned images for distill
+  python -m distill.shapes render --out runs/shapes-data --count 10000                       # captioned images for distill
+  python -m distill.shapes compare --row "base=shapes:32,1" --row "MSE=runs/exports/mse:1" --json t.json   # one table
 docs: docs/shapes.md"""
 
 
@@ -34,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--config", type=Path, default=Path("distill/configs/shapes_pretrain.toml"),
                         help="the pre-training config whose world (seed, resolution) to render")
     render.add_argument("--caption-seed", type=int, default=0, help="seed of the caption phrasing drawn for each scene")
+
+    cmp = sub.add_parser("compare", help="one table (and grid) across models and step counts, same prompts and seeds")
+    cmp.add_argument("--row", dest="rows", action="append", required=True, metavar="LABEL=MODEL:STEPS[,STEPS]",
+                     help="MODEL: anything --model takes, lora-phases:RUN_DIR or from-base:EXPORT_DIR (see distill/shapes/compare.py)")
+    cmp.add_argument("--json", type=Path, required=True)
+    cmp.add_argument("--grid", type=Path, default=None)
+    cmp.add_argument("--per-group", type=int, default=32)
+    cmp.add_argument("--seeds", type=int, default=4)
+    cmp.add_argument("--threads", type=int, default=None)
 
     ev = sub.add_parser("eval", help="generate the evaluation prompts with a model variant and score them with the judge")
     ev.add_argument("--model", default="shapes", help="anything --model takes: shapes, a distill export folder, ...")
@@ -73,27 +83,35 @@ def main(argv=None) -> int:
             print(f"wrote {written} captioned scenes ({world.resolution} px) to {args.out}")
         elif args.command == "eval":
             run_eval(args)
+        elif args.command == "compare":
+            run_compare(args)
         return 0
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def run_eval(args) -> None:
+def load_judge(args):
     import torch
 
-    from pipelines import load_engine
-
-    from . import evaluate, judge
+    from . import judge
     from .ship import JUDGE_FILE
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    judge_path = args.judge or JUDGE_FILE
+    judge_path = getattr(args, "judge", None) or JUDGE_FILE
     if not Path(judge_path).is_file():
         raise StudioError(f"judge weights {judge_path} do not exist (python -m distill.shapes pretrain --parts judge, then ship)")
+    return judge.load(judge_path)
+
+
+def run_eval(args) -> None:
+    from pipelines import load_engine
+
+    from . import evaluate
+
+    scorer = load_judge(args)
     engine = load_engine(args.model, device="cpu", steps=args.steps)
-    scorer = judge.load(judge_path)
     rows = [evaluate.evaluate(engine, scorer, n, args.per_group, args.seeds, engine.default_size) for n in args.steps]
     if args.round_trip:
         rows.append(evaluate.round_trip(engine.pipe.vae, scorer, args.per_group, args.seeds, engine.default_size))
@@ -101,6 +119,18 @@ def run_eval(args) -> None:
     print(evaluate.markdown_table(rows, args.model))
     if args.grid:
         evaluate.save_grid(rows, args.grid)
+        print(f"wrote {args.grid}")
+
+
+def run_compare(args) -> None:
+    from . import compare, evaluate
+
+    rows = [compare.parse_row(text) for text in args.rows]
+    results = compare.compare(rows, load_judge(args), args.per_group, args.seeds)
+    evaluate.write_json(results, args.json, "compare")
+    print(evaluate.markdown_table(results, "compare"))
+    if args.grid:
+        evaluate.save_grid(results, args.grid)
         print(f"wrote {args.grid}")
 
 

@@ -129,7 +129,7 @@ def summary_row(result: dict) -> dict:
 
 def write_json(results: list[dict], path: Path, model: str) -> None:
     """One row per evaluated variant: the summary columns and every metric per prompt group."""
-    rows = [{k: v for k, v in r.items() if k != "samples"} | {"model": model, "summary": summary_row(r)} for r in results]
+    rows = [{"model": model} | {k: v for k, v in r.items() if k != "samples"} | {"summary": summary_row(r)} for r in results]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"rows": rows}, indent=1))
 
@@ -146,7 +146,7 @@ def markdown_table(results: list[dict], model: str) -> str:
     for r in results:
         row = summary_row(r)
         cells = ["–" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
-        lines.append(f"| {model} | {r['steps']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.get('label', model)} | {r['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -170,4 +170,5 @@ def save_grid(results: list[dict], path: Path, per_group: int = 2, labels: list[
 
 def _row_label(result: dict) -> str:
     steps = result["steps"]
-    return steps.replace(" round ", "\nround ") if isinstance(steps, str) else f"{steps} step{'s' if steps > 1 else ''}"
+    text = steps.replace(" round ", "\nround ") if isinstance(steps, str) else f"{steps} step{'s' if steps > 1 else ''}"
+    return f"{result['label']}\n{text}" if "label" in result else text

@@ -1,0 +1,90 @@
+"""One table across models: `python -m distill.shapes compare --row LABEL=MODEL:STEPS,... ... --json out.json`.
+
+Every row is evaluated on the same prompts and held-out seeds with the same judge. MODEL is anything `--model`
+takes (shapes, a `distill export` folder), or one of two views of a distill run that are not model folders yet:
+  lora-phases:RUN_DIR   each stage's student as its LoRA phases left it (before the full-UNet phase)
+  from-base:EXPORT_DIR  the original base model with each stage's LoRA relative to it (the "LoRA on any base" row)
+"""
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines import load_engine
+from pipelines.errors import StudioError
+from pipelines.variants import MANIFEST_NAME, Variant, write_manifest
+
+from . import evaluate
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    model: str
+    steps: tuple[int, ...]
+
+
+def parse_row(text: str) -> Row:
+    """"MSE=runs/exports/mse:8,4,2,1" -> Row("MSE", "runs/exports/mse", (8, 4, 2, 1))."""
+    label, sep, rest = text.partition("=")
+    model, sep2, steps = rest.rpartition(":")
+    try:
+        counts = tuple(int(s) for s in steps.split(","))
+    except ValueError:
+        counts = ()
+    if not (sep and sep2 and label and model and counts):
+        raise StudioError(f"--row {text!r}: expected LABEL=MODEL:STEPS[,STEPS...], e.g. 'MSE=runs/exports/mse:8,4,2,1'")
+    return Row(label, model, counts)
+
+
+def lora_phases_model(run_dir: Path, out: Path) -> Path:
+    """A model folder whose variants are the run's stages/<name>/lora_student UNets."""
+    variants = []
+    for info_path in sorted(Path(run_dir).glob("stages/*/stage.json")):
+        info = json.loads(info_path.read_text())
+        unet = info_path.parent / "lora_student"
+        if unet.is_dir():
+            variants.append(Variant(info["student_steps"], info["prediction_type"], unet_dir=str(unet.resolve())))
+    if not variants:
+        raise StudioError(f"{run_dir}: no stage saved a LoRA-phases student (stages/*/lora_student)")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_manifest(out, "shapes", variants)
+    return out
+
+
+def from_base_model(export_dir: Path, out: Path) -> Path:
+    """A model folder: the export's base with, per step count, the export's LoRA relative to that base."""
+    manifest = json.loads((Path(export_dir) / MANIFEST_NAME).read_text())
+    variants = []
+    for entry in manifest["variants"]:
+        lora = manifest.get("loras", {}).get(entry.get("source_stage"), {}).get("from_base")
+        if lora:
+            path = (Path(export_dir) / lora["diffusers"]).resolve()
+            variants.append(Variant(entry["steps"], entry["prediction_type"], lora_file=str(path)))
+    if not variants:
+        raise StudioError(f"{export_dir}: the export has no LoRA relative to the base (export with --base-lora-rank > 0)")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_manifest(out, manifest["base_model"], variants)
+    return out
+
+
+def resolve(model: str, scratch: Path) -> str:
+    kind, _, path = model.partition(":")
+    views = {"lora-phases": lora_phases_model, "from-base": from_base_model}
+    if kind not in views:
+        return model
+    out = scratch / f"{kind}-{len(list(scratch.iterdir()))}"
+    return str(views[kind](Path(path), out))
+
+
+def compare(rows: list[Row], scorer, per_group: int, seeds: int) -> list[dict]:
+    """Evaluate every (row, step count); each result carries its row's label and model."""
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for row in rows:
+            engine = load_engine(resolve(row.model, Path(scratch)), device="cpu", steps=list(row.steps))
+            for steps in row.steps:
+                result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, engine.default_size)
+                results.append(result | {"label": row.label, "model": row.model})
+    return results

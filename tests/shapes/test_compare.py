@@ -1,0 +1,70 @@
+"""`python -m distill.shapes compare`: rows of several models in one table, including the two views of a distill run
+that are not model folders (the LoRA phases' students, and the base with each stage's LoRA relative to it)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.shapes.compare import Row, from_base_model, lora_phases_model, parse_row
+from pipelines import load_engine
+from pipelines.errors import StudioError
+from pipelines.requests import GenerationRequest
+from pipelines.variants import SHAPES_FOLDER, Variant, write_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_row():
+    assert parse_row("MSE=runs/x:8,4,2,1") == Row("MSE", "runs/x", (8, 4, 2, 1))
+    assert parse_row("LoRA on base=from-base:runs/e:2") == Row("LoRA on base", "from-base:runs/e", (2,))
+    for bad in ("runs/x:8", "MSE=runs/x", "MSE=runs/x:eight", "=runs/x:8"):
+        with pytest.raises(StudioError, match="LABEL=MODEL:STEPS"):
+            parse_row(bad)
+
+
+def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
+    """A fake run/export whose 'student' is the shipped UNet and whose LoRA is zero: both views must load through the
+    studio's real loading code and draw what the base draws at that step count."""
+    from diffusers import UNet2DConditionModel
+
+    from distill.lora import add_lora, lora_state_dict_diffusers
+    from distill.export import _write_lora
+
+    run = tmp_path / "run" / "stages" / "4step"
+    (run / "lora_student").mkdir(parents=True)
+    unet = UNet2DConditionModel.from_pretrained(SHAPES_FOLDER / "unet")
+    unet.save_pretrained(run / "lora_student")
+    (run / "stage.json").write_text(json.dumps({"student_steps": 4, "prediction_type": "epsilon"}))
+    export = tmp_path / "export"
+    add_lora(unet, rank=4)  # B = 0: the LoRA changes nothing
+    entry = _write_lora(export / "4step" / "lora_from_base", "4step", lora_state_dict_diffusers(unet), 4)
+    write_manifest(export, "shapes", [Variant(4, "epsilon", unet_dir="4step/unet", source_stage="4step")],
+                   loras={"4step": {"from_base": entry}})
+
+    request = GenerationRequest("a red circle on the left on a white background", seed=3, steps=4, width=128, height=128)
+    plain = tmp_path / "plain"  # the base UNet as it is, without the base model's CFG (students have none)
+    plain.mkdir()
+    write_manifest(plain, "shapes", [Variant(4)])
+    reference = torch.as_tensor(load_engine(str(plain), device="cpu", steps=[4]).generate([request])[0].image).float()
+    for view in (lora_phases_model(tmp_path / "run", tmp_path / "a"), from_base_model(export, tmp_path / "b")):
+        image = torch.as_tensor(load_engine(str(view), device="cpu", steps=[4]).generate([request])[0].image).float()
+        assert (image - reference).abs().max() <= 2  # the base's picture (the views load fp32 UNet / LoRA onto fp16)
+
+    with pytest.raises(StudioError, match="no stage saved"):
+        lora_phases_model(tmp_path, tmp_path / "c")
+
+
+def test_compare_cli_writes_one_labelled_table(tmp_path):
+    out = tmp_path / "table.json"
+    result = subprocess.run([sys.executable, "-m", "distill.shapes", "compare", "--row", "base=shapes:2,1", "--row", "again=shapes:1",
+                             "--json", str(out), "--per-group", "2", "--seeds", "2", "--threads", "1"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["label"], r["steps"]) for r in rows] == [("base", 2), ("base", 1), ("again", 1)]
+    assert rows[1]["summary"] == rows[2]["summary"] | {"cpu_ms_per_image": rows[1]["summary"]["cpu_ms_per_image"]}
+    assert "| base | 2 |" in result.stdout and "| again | 1 |" in result.stdout
