@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from pipelines import load_engine
 from pipelines.errors import StudioError
 from pipelines.variants import MANIFEST_NAME, Variant, write_manifest
@@ -81,10 +83,14 @@ def resolve(model: str, scratch: Path) -> str:
 def compare(rows: list[Row], scorer, per_group: int, seeds: int) -> list[dict]:
     """Evaluate every (row, step count); each result carries its row's label and model."""
     results = []
+    progress = tqdm(total=sum(len(row.steps) for row in rows), desc="compare", unit="row")
     with tempfile.TemporaryDirectory() as scratch:
         for row in rows:
             engine = load_engine(resolve(row.model, Path(scratch)), device="cpu", steps=list(row.steps))
             for steps in row.steps:
+                progress.set_postfix_str(f"{row.label} {steps}")
                 result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, engine.default_size)
                 results.append(result | {"label": row.label, "model": row.model})
+                progress.update()
+    progress.close()
     return results
