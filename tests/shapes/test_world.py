@@ -5,10 +5,13 @@ import random
 import re
 
 import numpy as np
+import pytest
 
+from distill.data import Skipped, folder_samples
 from distill.shapes.captions import canonical_caption, caption, scene_for
-from distill.shapes.data import training_scene
+from distill.shapes.data import render_folder, training_scene
 from distill.shapes.world import ANCHOR, COLOURS, HELD_OUT_PAIRS, POSITIONS, Scene, ShapeObject, render, scene_from_seed
+from pipelines.errors import StudioError
 
 
 def test_render_is_a_pure_function_of_the_seed():
@@ -73,3 +76,16 @@ def test_scene_for_a_caption_satisfies_it_and_varies_what_it_leaves_open():
         assert d.background == scene.background
         assert sorted((o.shape, o.colour, o.position) for o in d.objects) == sorted((o.shape, o.colour, o.position) for o in scene.objects)
     assert len({tuple(o.size for o in d.objects) for d in drawn}) > 1  # size was not asked: it varies
+
+
+def test_render_folder_writes_the_training_scenes_as_a_distill_data_folder(tmp_path):
+    assert render_folder(tmp_path, 12, seed=0, resolution=64) == 12
+    samples = list(folder_samples(tmp_path, Skipped(), "stop"))  # what `distill precompute` reads
+    assert len(samples) == 12 and all(s.caption for s in samples)
+    assert all((o.colour, o.shape) not in HELD_OUT_PAIRS for i in range(12) for o in training_scene(0, i).objects)
+    first = (tmp_path / "000000.png").read_bytes()
+    (tmp_path / "000011.txt").unlink()  # an interrupted render: the last pair incomplete
+    render_folder(tmp_path, 12, seed=0, resolution=64)
+    assert (tmp_path / "000011.txt").is_file() and (tmp_path / "000000.png").read_bytes() == first
+    with pytest.raises(StudioError, match="--count"):
+        render_folder(tmp_path, 0, seed=0, resolution=64)
