@@ -18,6 +18,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from pipelines.errors import StudioError
 
@@ -160,7 +161,7 @@ def precompute(config, components: dict, out: Path, device="cpu", batch_size: in
         buffer = []
 
     batch = []
-    for sample in samples(d, skipped):
+    for sample in tqdm(samples(d, skipped), desc="precompute", unit="sample"):
         if sample.image is not None:
             try:
                 pixels, micro = prepare_image(sample.image, d.resolution)
