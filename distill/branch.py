@@ -7,25 +7,11 @@ then reuses those stages (see `train.finished`) and trains from the first one th
 """
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, link_tree
 from .config import Config, lineage
 from .data import INDEX
-
-
-def _link_tree(source: Path, target: Path):
-    """Hard links where the filesystem allows (a latent cache is hundreds of MB), copies otherwise."""
-    shutil.copytree(source, target, copy_function=_link_or_copy, dirs_exist_ok=True)
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def branch(config: Config, source_dir) -> list[str]:
@@ -40,8 +26,8 @@ def branch(config: Config, source_dir) -> list[str]:
         info = source_dir / "stages" / stage.name / "stage.json"
         if not info.is_file() or json.loads(info.read_text()).get("lineage") != lineage(config, i):
             break
-        _link_tree(info.parent, out / "stages" / stage.name)
+        link_tree(info.parent, out / "stages" / stage.name)
         shared.append(stage.name)
     if shared and config.data.source != "cache" and (source_dir / "cache" / INDEX).is_file():
-        _link_tree(source_dir / "cache", out / "cache")  # same lineage implies the same data plan
+        link_tree(source_dir / "cache", out / "cache")  # same lineage implies the same data plan
     return shared

@@ -36,6 +36,19 @@ def _fsync(path: Path):
         os.close(fd)
 
 
+def link_tree(source: Path, target: Path) -> None:
+    """Copy a folder as hard links where the filesystem allows (UNet weights and latent caches are hundreds of MB to
+    GBs), as copies otherwise; existing folders are merged into."""
+    shutil.copytree(source, target, copy_function=_link_or_copy, dirs_exist_ok=True)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @contextmanager
 def atomic_dir(final: Path):
     """Yield a temporary sibling folder; on success it replaces `final` in one rename, on error it is removed."""

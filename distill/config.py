@@ -333,10 +333,7 @@ def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and a and isinstance(a[0], dict) and len(a) == len(b):
             for i, (x, y) in enumerate(zip(a, b)):
                 out += config_diff(x, y, f"{name}[{i}].")
-        elif _plain(a) != _plain(b):
+        elif json_plain(a) != json_plain(b):
             out.append(f"{name}: checkpoint has {a!r}, config has {b!r}")
     return out
 
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value

@@ -10,8 +10,6 @@ LoRAs are), every stage also gets a LoRA relative to the base: the low-rank extr
 """
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,20 +19,13 @@ from safetensors.torch import load_file, save_file
 from pipelines.errors import StudioError
 from pipelines.variants import Variant, write_manifest
 
-from .checkpoint import atomic_dir
+from .checkpoint import atomic_dir, link_tree
 from .config import Config
 from .lora import extract_lora, lora_state_dict_diffusers
 from .train import load_components, stage_dir
 
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
 
-
-def _link_or_copy(src, dst):
-    """Hard-link the 5 GB SDXL weight files when the export is on the run's filesystem; copy otherwise."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def to_kohya(state_dict: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -77,7 +68,7 @@ def export(config: Config, out, stages=None, base_lora_rank: int | None = 64) ->
         for stage in finished:
             source = stage_dir(config, stage.name)
             info = json.loads((source / "stage.json").read_text())
-            shutil.copytree(source / "unet", tmp / stage.name / "unet", copy_function=_link_or_copy)
+            link_tree(source / "unet", tmp / stage.name / "unet")
             variants.append(Variant(stage.student_steps, stage.prediction_type, unet_dir=f"{stage.name}/unet", source_stage=stage.name))
             entry = {}
             if info["lora_file"]:
