@@ -1,4 +1,5 @@
-"""`python -m distill.shapes pretrain|eval|ship`: train the shapes world, judge a model, ship it into assets/."""
+"""`python -m distill.shapes pretrain|ship|ship-students|render|eval|compare`: train the shapes world, ship it (and
+its distilled students) into assets/, judge models."""
 
 import argparse
 import sys
@@ -10,6 +11,7 @@ EPILOG = """examples:
   python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml            # judge, autoencoders, base UNet
   python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml --resume   # after a kill, at any moment
   python -m distill.shapes ship --config distill/configs/shapes_pretrain.toml                # -> assets/models/shapes
+  python -m distill.shapes ship-students --student 4=runs/exports/shapes-mse --live-steps 4   # a student serves 4 steps
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
   python -m distill.shapes render --out runs/shapes-data --count 10000                       # captioned images for distill
   python -m distill.shapes compare --row "base=shapes:32,1" --row "MSE=runs/exports/mse:1" --json t.json   # one table
@@ -28,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     ship = sub.add_parser("ship", help="write the finished base model (fp16) and the judge into assets/")
     ship.add_argument("--config", type=Path, required=True, help="the pre-training config that was run")
     ship.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
+
+    students = sub.add_parser("ship-students", help="serve step counts of the embedded model with distilled students (fp16)")
+    students.add_argument("--student", dest="students", action="append", default=[], metavar="STEPS=EXPORT_DIR",
+                          help="this step count is served by that `distill export` folder's student (repeat; none: the base serves all)")
+    students.add_argument("--live-steps", type=int, required=True, help="the variant the live stream types with")
+    students.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
 
     render = sub.add_parser("render", help="write training scenes as name.png + name.txt (a `distill` data folder)")
     render.add_argument("--out", type=Path, required=True)
@@ -75,6 +83,12 @@ def main(argv=None) -> int:
 
             out = ship.ship(config.load(args.config), args.out or ship.SHAPES_FOLDER)
             print(f"wrote {out} and {ship.JUDGE_FILE}")
+        elif args.command == "ship-students":
+            from . import ship
+
+            students = dict(parse_student(text) for text in args.students)
+            out = ship.ship_students(students, args.live_steps, args.model or ship.SHAPES_FOLDER)
+            print(f"{out}: " + ", ".join(f"{n} steps from {path}" for n, path in sorted(students.items())) + f"; live {args.live_steps} steps")
         elif args.command == "render":
             from . import config, data
 
@@ -89,6 +103,13 @@ def main(argv=None) -> int:
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def parse_student(text: str) -> tuple[int, Path]:
+    steps, sep, folder = text.partition("=")
+    if not sep or not steps.isdigit() or not folder:
+        raise StudioError(f"--student {text!r}: expected STEPS=EXPORT_DIR, e.g. 4=runs/exports/shapes-mse")
+    return int(steps), Path(folder)
 
 
 def load_judge(args):

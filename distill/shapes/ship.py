@@ -1,17 +1,21 @@
 """Ship the trained base model into the studio: a diffusers SDXL folder in fp16 (unet, vae, vae_tiny, both text
 encoders and tokenizers, scheduler) plus the studio manifest. The base UNet is the reference variant (32 Euler
-steps, CFG 5) and also serves the fewer-step variants, so the Compare panel shows what plain few-step sampling of
-an undistilled model looks like."""
+steps, CFG 5) and serves the fewer-step variants until `ship_students` puts distilled students in their place, so
+the Compare panel shows the reference against what serves each step count."""
 
+import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderTiny, StableDiffusionXLPipeline
+from diffusers import AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
 
-from pipelines.variants import SHAPES_FOLDER, Variant, write_manifest
+from pipelines.architectures import ASSETS
+from pipelines.errors import StudioError
+from pipelines.variants import MANIFEST_NAME, SHAPES_FOLDER, Variant, read_manifest, write_manifest
 
-from ..checkpoint import atomic_dir
+from ..checkpoint import atomic_dir, atomic_write_text
 from .config import PretrainConfig
 from .parts import final_dir
 from .train_autoencoders import load_vae
@@ -44,9 +48,53 @@ def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: l
     variants = variants or base_variants()
     with atomic_dir(Path(out)) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp)
+        compact_tokenizers(tmp)
         vae_tiny.to(torch.float16).save_pretrained(tmp / "vae_tiny")
         write_manifest(tmp, ".", variants, description=DESCRIPTION, reference_steps=REFERENCE_STEPS,
                        live_steps=live_steps, resolution=c.world.resolution,
                        examples=list(EXAMPLES))
     shutil.copyfile(final_dir(c, "judge") / "judge.safetensors", judge_out)
     return Path(out)
+
+
+def compact_tokenizers(folder: Path) -> None:
+    """Put the repository's CLIP tokenizer files (vocab.json + merges.txt, 1.5 MB) where save_pretrained wrote a 3.5 MB
+    tokenizer.json per tokenizer: the same ids for every text, and room in the model's size budget for the students."""
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(Path(folder) / name, ignore_errors=True)
+        shutil.copytree(ASSETS / name, Path(folder) / name)
+
+
+def ship_students(students: dict[int, Path], live_steps: int, folder: Path = SHAPES_FOLDER) -> Path:
+    """Serve these step counts with distilled students: `students` maps a step count to a `distill export` folder,
+    whose UNet for that count is copied in fp16 to <folder>/students/<n>step/unet and replaces the base in the
+    manifest (without CFG: the students have it distilled in). Every other step count is served by the base again."""
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    variants = {v.steps: v for v in base_variants([entry["steps"] for entry in manifest["variants"]])}
+    if REFERENCE_STEPS in students:
+        raise StudioError(f"{REFERENCE_STEPS} steps is the base model's reference; it is not replaced by a student")
+    for steps, export in sorted(students.items()):
+        if steps not in variants:
+            raise StudioError(f"the model offers {sorted(variants)} steps, not {steps}")
+        offered = read_manifest(export)
+        try:
+            student = offered.variant(steps)
+        except KeyError:
+            raise StudioError(f"{export} has no {steps}-step student (it has {sorted(v.steps for v in offered.variants)})") from None
+        if student.unet_dir is None:
+            raise StudioError(f"{export}: the {steps}-step variant is not a full UNet (only `distill export` folders are shipped)")
+        target = f"students/{steps}step/unet"
+        with atomic_dir(folder / target) as tmp:
+            UNet2DConditionModel.from_pretrained(Path(export) / student.unet_dir).to(torch.float16).save_pretrained(tmp)
+        plan = json.loads((Path(export) / MANIFEST_NAME).read_text()).get("distilled_with", str(export))
+        variants[steps] = Variant(steps, student.prediction_type, unet_dir=target, source_stage=f"{student.source_stage} of {plan}")
+    if live_steps not in variants:
+        raise StudioError(f"live steps {live_steps}: the model offers {sorted(variants)}")
+    for stale in (folder / "students").glob("*step") if (folder / "students").is_dir() else ():
+        if int(stale.name.removesuffix("step")) not in students:
+            shutil.rmtree(stale)
+    manifest["variants"] = [{k: v for k, v in asdict(variant).items() if v is not None} for variant in variants.values()]
+    manifest["live_steps"] = live_steps
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    return folder
