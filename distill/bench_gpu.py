@@ -1,7 +1,7 @@
 """One optimizer step of every phase type on the exact SDXL UNet (random weights: real cost, meaningless pictures).
 
 Seconds per optimizer step and peak GPU memory per phase type, through the training loop's own step functions
-(train.distill_step / train.optimizer_step), bf16 autocast and gradient checkpointing, as a JSON file:
+(train.optimization_step: the student's step, then D's on a fresh fake), bf16 autocast and gradient checkpointing, as a JSON file:
 
     python -m distill.bench_gpu --json docs/benchmarks/distill_$(nvidia-smi --query-gpu=name --format=csv,noheader | tr ' ' _).json
     python -m distill.bench_gpu --model tiny --resolution 64 --device cpu --precision no --json /tmp/bench.json  # smoke test
@@ -23,11 +23,11 @@ from accelerate import Accelerator
 
 from pipelines.architectures import sdxl_unet, tiny_components
 
-from .config import PhaseConfig, StageConfig
+from .config import PhaseConfig, StageConfig, TrainConfig
 from .discriminator import Discriminator
 from .lora import teacher_context
 from .schedule import student_jump, training_timesteps
-from .train import DTYPES, PhaseModels, cast_to, checkpoint_blocks, distill_step, optimizer_step, shape_student
+from .train import DTYPES, Optimizers, PhaseModels, cast_to, checkpoint_blocks, optimization_step, shape_student
 
 PAPER = dict(betas=(0.0, 0.99))
 PHASE_TYPES = [  # (name, stage, phase): each phase type of the paper's plan, on a stage where it occurs
@@ -77,9 +77,10 @@ def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_d
     cond = random_cond(base, batch, resolution, device)
     alphas_bar = torch.linspace(0.9991, 0.0047, 1000, device=device)  # SDXL's range; values do not change the cost
 
+    opt, settings = Optimizers(g_params, g_opt, d_params, d_opt), TrainConfig(batch_size=batch)
+
     def one_step():
-        distill_step(accelerator, stage, phase, models, x_t, t, t_next, cond, alphas_bar, generator)
-        optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, 1.0)
+        optimization_step(accelerator, settings, stage, phase, models, opt, lambda g: (x_t, t, t_next, cond), alphas_bar, (0, 0, 0, 0))
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -17,6 +17,7 @@ PARAMS = ("lora", "full")
 TEACHERS = ("previous", "skip")
 DATA_SOURCES = ("prompts", "folder", "tar", "cache")
 MIXED_PRECISION = ("no", "bf16")
+GAN_UPDATES = ("alternating", "simultaneous")
 
 
 class ConfigError(StudioError, ValueError):
@@ -58,6 +59,9 @@ class TrainConfig:
     log_every: int = 10
     validation_prompts: tuple[str, ...] = ()
     validation_seeds: tuple[int, ...] = (0,)
+    # "alternating" (the paper): the student steps, then D steps on the updated student's fresh fake. "simultaneous":
+    # D steps on the fake the student's step started from (one student forward fewer per step).
+    gan_updates: str = "alternating"
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,7 @@ def validate(c: Config):
     for key in ("batch_size", "gradient_accumulation_steps", "lora_rank", "checkpoint_every", "keep_checkpoints", "log_every"):
         _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
     _check(t.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
+    _check(t.gan_updates in GAN_UPDATES, "train.gan_updates", f"must be one of {GAN_UPDATES}, got {t.gan_updates!r}")
 
     names = [s.name for s in c.stages]
     for i, s in enumerate(c.stages):
@@ -272,7 +277,7 @@ def describe(c: Config) -> str:
     lines = [f"config {c.path or '<inline>'}", f"base model: {c.model.base}",
              f"data: {c.data.source} {c.data.path or ''} at {c.data.resolution}px, on_bad={c.data.on_bad}".replace("  ", " "),
              f"train: batch {c.train.batch_size} x accumulation {c.train.gradient_accumulation_steps}, {c.train.mixed_precision}, "
-             f"LoRA rank {c.train.lora_rank}, checkpoints every {c.train.checkpoint_every} steps (keep {c.train.keep_checkpoints}) "
+             f"LoRA rank {c.train.lora_rank}, {c.train.gan_updates} G/D updates, checkpoints every {c.train.checkpoint_every} steps (keep {c.train.keep_checkpoints}) "
              f"in {c.train.output_dir}"]
     total = 0
     for i, s in enumerate(c.stages):
@@ -308,6 +313,8 @@ def lineage(c: Config, stage: int) -> dict:
     data = c.to_dict()
     data["train"] = {k: v for k, v in data["train"].items() if f"train.{k}" not in RESUME_NEUTRAL}
     data["stages"] = data["stages"][:stage + 1]
+    if not any(p.adversarial for s in c.stages[:stage + 1] for p in s.phases):
+        del data["train"]["gan_updates"]  # it decides adversarial phases only: MSE-only stages are shared across it
     return json_plain(data)
 
 

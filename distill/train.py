@@ -4,7 +4,8 @@ Read `train` top to bottom. A stage starts from the previous stage's student (th
 ends by writing its student to <output_dir>/stages/<name>/. In a phase, every optimizer step draws a batch of
 cached latents, noises it to a training timestep t, lets the teacher solve n small steps to t - ns ("real") and
 the student jump there in one ("fake"), then takes a student (G) step and, in adversarial phases, a
-discriminator (D) step. Randomness is drawn from generators seeded by (seed, stage, phase, step, global micro-batch),
+discriminator (D) step after it, on the updated student's fresh fake (alternating, as the paper; see
+`optimization_step`). Randomness is drawn from generators seeded by (seed, stage, phase, step, global micro-batch),
 so a resumed run draws exactly what the uninterrupted one would have.
 
 Under FSDP (accelerate's fsdp_version 2, distill/configs/accelerate_fsdp.yaml) the student and the discriminator are
@@ -24,7 +25,7 @@ import torch.utils.checkpoint
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from tqdm.auto import tqdm
 
 from pipelines.architectures import random_sdxl_components, tiny_components
@@ -168,11 +169,11 @@ def merge_onto_fp32_base(student):
     return merge_lora(student.float())
 
 
-def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, alphas_bar, generator):
-    """One micro-batch, both losses backpropagated: G = MSE to the teacher (or to its x0, converting to x0) or the
-    non-saturating GAN loss; then, in adversarial phases, D on real and fake. -> (loss_g, loss_d, real, fake logits)."""
+def generator_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond, alphas_bar, generator):
+    """One micro-batch of the student's (G) step, backpropagated: MSE to the teacher's n small steps (or to its x0,
+    converting to x0), or the non-saturating GAN loss through D. -> (loss_g, the teacher's x_real, the student's
+    x_fake detached)."""
     with accelerator.autocast():
-        # G step: the student's one jump against the teacher's n small steps.
         x_fake, x0_fake = student_step(m.student, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)
         with m.teacher_ctx(m.teacher), torch.no_grad():
             if phase.objective == "x0_convert":  # same t: the x0 the epsilon teacher implies
@@ -183,7 +184,7 @@ def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond
         if not phase.adversarial:
             loss_g = mse_loss(x0_fake if phase.objective == "x0_convert" else x_fake, x_real)
             accelerator.backward(loss_g)
-            return loss_g, None, None, None
+            return loss_g, x_real, x_fake.detach()
         real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
         given = (x_t, t) if phase.objective == "conditional" else ()
         loss_g = g_loss_nonsaturating(m.disc(fake_in, t_d, cond, *given))
@@ -193,35 +194,90 @@ def distill_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, cond
     # and toggling D's requires_grad would change what its checkpointed blocks recompute.
     (fake_grad,) = torch.autograd.grad(loss_g, fake_in)
     accelerator.backward((fake_in * fake_grad).sum())
+    return loss_g, x_real, x_fake.detach()
+
+
+def fresh_fake(accelerator, stage, m: PhaseModels, x_t, t, t_next, cond, alphas_bar):
+    """The (just updated) student's jump again, without gradient: what D steps on when G and D alternate."""
+    with accelerator.autocast(), torch.no_grad():
+        x_fake = student_step(m.student, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)[0]
+    # After a forward that no backward follows, FSDP2 leaves weights gathered (the root's at least), and the optimizer's
+    # state dict then misses its sharded parameters (KeyError at the next checkpoint): shard them all again.
+    for module in m.student.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    return x_fake
+
+
+def discriminator_step(accelerator, phase, m: PhaseModels, x_t, t, t_next, cond, x_real, x_fake, alphas_bar, generator):
+    """One micro-batch of D's step on real (the teacher's) and fake (the student's, no gradient), one forward over
+    both concatenated, backpropagated. -> (loss_d, real logits, fake logits)."""
+    real_in, fake_in, t_d = _discriminator_inputs(phase, x_t, t, x_real, x_fake, t_next, alphas_bar, generator)
     with accelerator.autocast():
-        # D step: one forward over real and (detached) fake concatenated.
         both = {k: torch.cat([v, v]) for k, v in cond.items()}
         given = (torch.cat([x_t, x_t]), t) if phase.objective == "conditional" else ()
-        logits = m.disc_model(torch.cat([real_in, fake_in.detach()]), torch.cat([t_d, t_d]), both, *given)
+        logits = m.disc_model(torch.cat([real_in, fake_in]), torch.cat([t_d, t_d]), both, *given)
         real_logits, fake_logits = logits.float().chunk(2)
         loss_d = d_loss_nonsaturating(real_logits, fake_logits)
     accelerator.backward(loss_d)
-    return loss_g, loss_d, real_logits, fake_logits
+    return loss_d, real_logits, fake_logits
 
 
-def optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, max_grad_norm: float) -> tuple[bool, dict]:
-    """Clip and step both optimizers on the accumulation boundary, unless a gradient is NaN/Inf (then skip).
+def optimizer_step(accelerator, params, optimizer, max_grad_norm: float, name: str) -> tuple[bool, dict]:
+    """Clip and step one optimizer on the accumulation boundary, unless a gradient is NaN/Inf (then skip).
     Off the boundary accelerate's optimizers ignore step/zero_grad, so this is safe to call every micro-batch.
-    Under FSDP each process holds shards of the gradients; the check and the norms are over whole gradients (DTensor
+    Under FSDP each process holds shards of the gradients; the check and the norm are over whole gradients (DTensor
     reductions), so every process gets the same verdict and skips together."""
     finite, norms = True, {}
     if accelerator.sync_gradients:
-        finite = grads_finite(g_params) and grads_finite(d_params)
+        finite = grads_finite(params)
         if finite:
-            norms["grad_norm_g"] = float(whole(accelerator.clip_grad_norm_(g_params, max_grad_norm)))
-            if d_params:
-                norms["grad_norm_d"] = float(whole(accelerator.clip_grad_norm_(d_params, max_grad_norm)))
-    for opt in (g_opt, d_opt):
-        if opt is not None:
-            if finite:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            norms[f"grad_norm_{name}"] = float(whole(accelerator.clip_grad_norm_(params, max_grad_norm)))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return finite, norms
+
+
+@dataclass
+class Optimizers:
+    """A phase's optimizers with the (prepared) parameters each one clips and checks; D's are None without D."""
+
+    g_params: list
+    g_opt: torch.optim.Optimizer
+    d_params: list
+    d_opt: torch.optim.Optimizer | None
+
+
+def optimization_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimizers, draw, alphas_bar, seeds: tuple) -> dict:
+    """One optimizer step of a phase. The student (G) steps first, over all micro-batches, against the current D;
+    then, in adversarial phases, D steps over the same micro-batches: on the updated student's fresh fake when
+    updates alternate (the paper, `train.gan_updates = "alternating"`), or on the fake the student's step started
+    from ("simultaneous"). draw(generator) -> (x_t, t, t_next, cond), one micro-batch; seeds = (seed, stage, phase,
+step). -> the step's losses, D's accuracy, gradient norms, and whether every gradient was finite."""
+    kept, finite, record = [], True, {}
+    for micro in range(tc.gradient_accumulation_steps):
+        # Global micro-batch index: N processes x 1 micro-batch draw what 1 process x N micro-batches draws.
+        generator = torch.Generator().manual_seed(step_seed(*seeds, micro * accelerator.num_processes + accelerator.process_index))
+        x_t, t, t_next, cond = draw(generator)
+        with accelerator.accumulate(m.student):
+            loss_g, x_real, x_fake = generator_step(accelerator, stage, phase, m, x_t, t, t_next, cond, alphas_bar, generator)
+            finite_g, norms = optimizer_step(accelerator, opt.g_params, opt.g_opt, tc.max_grad_norm, "g")
+        kept.append((x_t, t, t_next, cond, x_real, x_fake, generator))
+        record.update(loss_g=loss_g.item(), **norms)
+        finite &= finite_g
+    if not phase.adversarial:
+        return record | {"finite": finite}
+    for x_t, t, t_next, cond, x_real, x_fake, generator in kept:
+        if tc.gan_updates == "alternating":
+            x_fake = fresh_fake(accelerator, stage, m, x_t, t, t_next, cond, alphas_bar)
+        with accelerator.accumulate(m.disc_model):
+            loss_d, real_logits, fake_logits = discriminator_step(accelerator, phase, m, x_t, t, t_next, cond, x_real, x_fake, alphas_bar, generator)
+            finite_d, norms = optimizer_step(accelerator, opt.d_params, opt.d_opt, tc.max_grad_norm, "d")
+        record.update(loss_d=loss_d.item(), d_acc_real=float((real_logits > 0).float().mean()),
+                      d_acc_fake=float((fake_logits < 0).float().mean()), **norms)
+        finite &= finite_d
+    return record | {"finite": finite}
 
 
 def train(config: Config, resume: bool = False, stop_after: int | None = None) -> list[dict]:
@@ -302,10 +358,9 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             if not phase.adversarial:
                 disc = None
 
-            g_params = [p for p in student.parameters() if p.requires_grad]
-            g_opt = torch.optim.Adam(g_params, lr=phase.lr, betas=phase.betas, weight_decay=0.0)
-            d_params = [p for p in disc.parameters() if p.requires_grad] if disc is not None else []
-            d_opt = torch.optim.Adam(d_params, lr=phase.d_lr or phase.lr, betas=phase.betas, weight_decay=0.0) if disc is not None else None
+            g_opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=phase.lr, betas=phase.betas, weight_decay=0.0)
+            d_opt = torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=phase.d_lr or phase.lr, betas=phase.betas,
+                                     weight_decay=0.0) if disc is not None else None
             start, skipped = 0, 0
             if resume_here:  # weights into the whole modules now; optimizer states once they are (maybe) sharded
                 weights, optimizers, progress = resumed
@@ -319,10 +374,9 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             skeletons = [meta_copy(student), meta_copy(disc) if disc is not None else None] if fsdp else None
             student_model, g_opt = accelerator.prepare(student, g_opt)
             disc_model, d_opt = accelerator.prepare(disc, d_opt) if disc is not None else (None, None)
-            models = [student_model] + ([disc_model] if disc is not None else [])
             # Parameters as prepared (FSDP replaces them by sharded ones): what is clipped and checked.
-            g_params = [p for p in student_model.parameters() if p.requires_grad]
-            d_params = [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else []
+            opt = Optimizers([p for p in student_model.parameters() if p.requires_grad], g_opt,
+                             [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else [], d_opt)
             if resume_here:
                 load_optimizer(fsdp, student_model, g_opt, optimizers["g"])
                 if disc is not None:
@@ -334,24 +388,13 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             m = PhaseModels(student_model, teacher, teacher_ctx, teacher_steps, teacher_prediction, disc, disc_model)
             progress_bar = tqdm(range(start, phase.steps), desc=label, disable=not accelerator.is_local_main_process)
 
+            draw = lambda generator: draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device)  # noqa: E731
             for step in progress_bar:
-                for micro in range(tc.gradient_accumulation_steps):
-                    # Global micro-batch index: N processes x 1 micro-batch draw what 1 process x N micro-batches draws.
-                    micro_batch = micro * accelerator.num_processes + accelerator.process_index
-                    generator = torch.Generator().manual_seed(step_seed(tc.seed, i, j, step, micro_batch))
-                    x_t, t, t_next, cond = draw_batch(data, stage, tc.batch_size, generator, alphas_bar, device)
-                    with accelerator.accumulate(*models):
-                        loss_g, loss_d, real_logits, fake_logits = distill_step(
-                            accelerator, stage, phase, m, x_t, t, t_next, cond, alphas_bar, generator)
-                        finite, norms = optimizer_step(accelerator, g_params, d_params, g_opt, d_opt, tc.max_grad_norm)
-                skipped += not finite
-
+                record = optimization_step(accelerator, tc, stage, phase, m, opt, draw, alphas_bar, (tc.seed, i, j, step))
+                skipped += not record.pop("finite")
                 global_step += 1
-                record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "loss_g": loss_g.item(),
-                          "lr": phase.lr, "skipped_steps": skipped, **norms}
-                if loss_d is not None:
-                    record.update(loss_d=loss_d.item(), lr_d=phase.d_lr or phase.lr, d_acc_real=float((real_logits > 0).float().mean()),
-                                  d_acc_fake=float((fake_logits < 0).float().mean()))
+                record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "lr": phase.lr,
+                          **({"lr_d": phase.d_lr or phase.lr} if phase.adversarial else {}), "skipped_steps": skipped, **record}
                 records.append(record)
                 if global_step % tc.log_every == 0 or step + 1 == phase.steps:
                     accelerator.log({f"{label}/{k}": v for k, v in record.items() if k not in ("stage", "phase", "step", "global_step")}, step=global_step)
@@ -371,7 +414,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             else:
                 student = accelerator.unwrap_model(student_model)
                 disc = accelerator.unwrap_model(disc_model) if disc is not None else None
-            del student_model, disc_model, models, m, g_params, d_params, g_opt, d_opt
+            del student_model, disc_model, m, opt, g_opt, d_opt
             accelerator.free_memory()  # drop the accelerator's references to this phase's wrappers and optimizers
             if accelerator.is_main_process:
                 if phase.params == "lora" and (j + 1 == len(stage.phases) or stage.phases[j + 1].params != "lora"):

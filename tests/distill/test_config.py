@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distill import __main__ as cli
-from distill.config import ConfigError, config_diff, describe, load_config, parse_config, teacher_of
+from distill.config import ConfigError, config_diff, describe, lineage, load_config, parse_config, teacher_of
 
 CONFIGS = Path(__file__).resolve().parents[2] / "distill" / "configs"
 
@@ -79,6 +79,7 @@ BAD = [
     (("train", "mixed_precision"), "fp8", "train.mixed_precision: must be one of"),
     (("train", "mixed_precision"), "fp16", "fp16 is refused: its loss scaling does not cover the adversarial G step"),
     (("train", "batch_size"), True, "train.batch_size: expected int"),
+    (("train", "gan_updates"), "both", "train.gan_updates: must be one of ('alternating', 'simultaneous'), got 'both'"),
 ]
 
 
@@ -131,3 +132,15 @@ def test_config_diff_names_changed_keys_only():
     raw["train"]["output_dir"] = "elsewhere"  # where results go does not change what is trained
     b = parse_config(raw).to_dict()
     assert config_diff(a, b) == ["stages[2].phases[1].lr: checkpoint has 0.001, config has 0.5"]
+
+
+def test_gan_updates_decide_adversarial_stages_only():
+    """An MSE-only stage trains the same student under either G/D update order, so branching shares it; an adversarial
+    stage does not."""
+    raw = tiny_raw()
+    other = copy.deepcopy(raw)
+    other["train"]["gan_updates"] = "simultaneous"
+    a, b = parse_config(raw), parse_config(other)
+    assert [s.phases[0].objective for s in a.stages[:2]] == ["mse", "conditional"]
+    assert lineage(a, 0) == lineage(b, 0)
+    assert lineage(a, 1) != lineage(b, 1)

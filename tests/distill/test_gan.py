@@ -1,4 +1,4 @@
-"""Tests that would catch a broken GAN, through the trainer's own `distill_step`: a student step against a fixed D
+"""Tests that would catch a broken GAN, through the trainer's own student and D steps: a student step against a fixed D
 raises D(fake); D steps against a fixed student raise D's accuracy; only the conditional D reads x_t; each stage
 learns from the previous stage's merged student; two DDP processes train what one process trains on the same batch."""
 
@@ -58,8 +58,11 @@ def setup():
 
 
 def step(setup):
+    """The trainer's student step, then its D step on the same fake (what the student's step started from)."""
     accelerator, stage, phase_config, m, x_t, cond = setup
-    return distill_train.distill_step(accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    loss_g, x_real, x_fake = distill_train.generator_step(accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, generator)
+    return (loss_g, *distill_train.discriminator_step(accelerator, phase_config, m, x_t, 999, 499, cond, x_real, x_fake, ALPHAS_BAR, generator))
 
 
 def d_of_fake(m, x_t, cond) -> float:
@@ -179,3 +182,28 @@ def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batc
     lora_a, lora_b = (load_file(run / "stages" / "2step" / "lora.safetensors") for run in (one, two))
     assert all(torch.allclose(lora_a[k], lora_b[k], atol=1e-5) for k in lora_a)
     assert json.loads((two / "stages" / "2step" / "stage.json").read_text())["student_steps"] == 2
+
+
+@pytest.mark.parametrize("mode", ["alternating", "simultaneous"])
+def test_d_steps_on_the_fake_of_the_updated_student_when_updates_alternate(tmp_path, monkeypatch, mode):
+    """One optimizer step of an adversarial phase: alternating, D's fake is the jump of the student after its step;
+    simultaneous, the jump of the student before it (the one the step started from)."""
+    seen, original = [], distill_train.discriminator_step
+
+    def recording(accelerator, phase_config, m, x_t, t, t_next, cond, x_real, x_fake, *rest):
+        seen.append((x_t, t, t_next, cond, x_fake))
+        return original(accelerator, phase_config, m, x_t, t, t_next, cond, x_real, x_fake, *rest)
+
+    monkeypatch.setattr(distill_train, "discriminator_step", recording)
+    stages = [{"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("unconditional", "full", steps=1, lr=5e-3)]}]
+    config = parse_config(plan(tmp_path, stages, checkpoint_every=1000, gan_updates=mode))
+    distill_train.train(config)
+
+    ((x_t, t, t_next, cond, x_fake),) = seen
+    components = tiny_components(0)
+    students = {"after": distill_train.load_unet(config, "4step", components), "before": components["unet"]}
+    with torch.no_grad():
+        jumps = {when: distill_train.student_step(unet, x_t, t, t_next, cond, ALPHAS_BAR)[0] for when, unet in students.items()}
+    expected, other = ("after", "before") if mode == "alternating" else ("before", "after")
+    assert torch.allclose(x_fake, jumps[expected], atol=1e-5)
+    assert (x_fake - jumps[other]).abs().max() > 1e-3
