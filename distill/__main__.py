@@ -23,8 +23,12 @@ docs: docs/distill.md"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distill", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Progressive adversarial distillation of SDXL (SDXL-Lightning, arXiv 2402.13929).")
+    parser = argparse.ArgumentParser(
+        prog="python -m distill",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Progressive adversarial distillation of SDXL (SDXL-Lightning, arXiv 2402.13929).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="check a config and print the resolved stage/phase plan")
@@ -39,17 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run the plan (resumable); launch with `accelerate launch` for several GPUs")
     train.add_argument("--config", type=Path, required=True, help="the plan (TOML; see docs/distill.md)")
     train.add_argument("--resume", action="store_true", help="continue from <train.output_dir>/checkpoints/latest")
-    train.add_argument("--branch-from", type=Path, metavar="RUN_DIR",
-                       help="reuse the finished leading stages of another run that this plan shares (and its latent cache)")
-    train.add_argument("--stop-after", type=int, metavar="N",
-                       help="stop abruptly after N optimizer steps of this process, without checkpointing (simulates a kill)")
+    train.add_argument(
+        "--branch-from", type=Path, metavar="RUN_DIR", help="reuse the finished leading stages of another run that this plan shares (and its latent cache)"
+    )
+    train.add_argument(
+        "--stop-after", type=int, metavar="N", help="stop abruptly after N optimizer steps of this process, without checkpointing (simulates a kill)"
+    )
 
     export = sub.add_parser("export", help="write each stage's UNet, LoRA files and the manifest the app loads")
     export.add_argument("--config", type=Path, required=True, help="the plan that was trained (finds its output_dir)")
     export.add_argument("--out", type=Path, required=True, help="folder to write (load it with `--model <folder>`)")
     export.add_argument("--stages", nargs="*", help="stage names to export (default: every finished stage)")
-    export.add_argument("--base-lora-rank", type=int, default=64,
-                        help="rank of each stage's LoRA relative to the original base (low-rank extraction of student - base; 0: skip)")
+    export.add_argument(
+        "--base-lora-rank",
+        type=int,
+        default=64,
+        help="rank of each stage's LoRA relative to the original base (low-rank extraction of student - base; 0: skip)",
+    )
     return parser
 
 
@@ -71,8 +81,10 @@ def main(argv=None):
 
             out = args.out or Path(config.train.output_dir) / "cache"
             index = data.precompute(config, train.load_components(config.model), out, args.device, args.batch_size)
-            print(f"cached {index['count']} samples in {len(index['shards'])} shard(s) under {out}; skipped {index['skipped']} "
-                  f"{index['skipped_reasons'] or ''}".rstrip())
+            print(
+                f"cached {index['count']} samples in {len(index['shards'])} shard(s) under {out}; skipped {index['skipped']} "
+                f"{index['skipped_reasons'] or ''}".rstrip()
+            )
         elif args.command == "train":
             from . import train
 
@@ -80,14 +92,17 @@ def main(argv=None):
                 from .branch import branch
 
                 shared = branch(config, args.branch_from)
-                print(f"branching from {args.branch_from}: reusing stage(s) {', '.join(shared)}" if shared else
-                      f"branching from {args.branch_from}: no stage in common (the first stage's plan differs); training all")
+                print(
+                    f"branching from {args.branch_from}: reusing stage(s) {', '.join(shared)}"
+                    if shared
+                    else f"branching from {args.branch_from}: no stage in common (the first stage's plan differs); training all"
+                )
             train.train(config, resume=args.resume, stop_after=args.stop_after)
         elif args.command == "export":
             from . import export
 
             folder = export.export(config, args.out, args.stages, args.base_lora_rank or None)
-            print(f"exported to {folder}; try it: python -m pipelines generate --model {folder} --steps N \"a prompt\" (or python app.py --model {folder})")
+            print(f'exported to {folder}; try it: python -m pipelines generate --model {folder} --steps N "a prompt" (or python app.py --model {folder})')
     except StudioError as e:
         parser.exit(2, f"error: {e}\n")
 

@@ -36,7 +36,10 @@ PHASE_TYPES = [  # (name, stage, phase): each phase type of the paper's plan, on
     ("unconditional_lora", StageConfig("4step", 8, 4, (PhaseConfig("unconditional", "lora", 1, 1e-6, **PAPER),))),
     ("unconditional_full", StageConfig("4step", 8, 4, (PhaseConfig("unconditional", "full", 1, 5e-7, **PAPER),))),
     ("x0_convert_full", StageConfig("1step", 2, 1, (PhaseConfig("x0_convert", "full", 1, 1e-5, (0.9, 0.999)),), "sample")),
-    ("conditional_full_x0_renoise", StageConfig("1step", 2, 1, (PhaseConfig("conditional", "full", 1, 5e-7, renoise_weights=(1, 1, 1, 1), **PAPER),), "sample")),
+    (
+        "conditional_full_x0_renoise",
+        StageConfig("1step", 2, 1, (PhaseConfig("conditional", "full", 1, 5e-7, renoise_weights=(1, 1, 1, 1), **PAPER),), "sample"),
+    ),
 ]
 
 
@@ -44,9 +47,11 @@ def random_cond(unet, batch: int, resolution: int, device) -> dict:
     """SDXL-shaped conditioning for this UNet: prompt embeddings, pooled embedding, micro-conditioning."""
     c = unet.config
     pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
-    return {"encoder_hidden_states": torch.randn(batch, 77, c.cross_attention_dim, device=device),
-            "text_embeds": torch.randn(batch, pooled, device=device),
-            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=torch.float32, device=device)}
+    return {
+        "encoder_hidden_states": torch.randn(batch, 77, c.cross_attention_dim, device=device),
+        "text_embeds": torch.randn(batch, pooled, device=device),
+        "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=torch.float32, device=device),
+    }
 
 
 def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_dtype, steps, checkpointing) -> dict:
@@ -92,8 +97,12 @@ def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_d
         one_step()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"seconds_per_step": round(seconds, 4), "peak_memory_gib": round(peak, 2) if peak is not None else None,
-            "trainable_params": sum(p.numel() for p in g_params), "discriminator_trainable_params": sum(p.numel() for p in d_params)}
+    return {
+        "seconds_per_step": round(seconds, 4),
+        "peak_memory_gib": round(peak, 2) if peak is not None else None,
+        "trainable_params": sum(p.numel() for p in g_params),
+        "discriminator_trainable_params": sum(p.numel() for p in d_params),
+    }
 
 
 def main(argv=None):
@@ -116,11 +125,28 @@ def main(argv=None):
     for name, stage in PHASE_TYPES:
         if args.phases and name not in args.phases:
             continue
-        entry = {"phase": name, "objective": stage.phases[0].objective, "params": stage.phases[0].params,
-                 "teacher_steps": stage.teacher_steps, "student_steps": stage.student_steps}
+        entry = {
+            "phase": name,
+            "objective": stage.phases[0].objective,
+            "params": stage.phases[0].params,
+            "teacher_steps": stage.teacher_steps,
+            "student_steps": stage.student_steps,
+        }
         try:
-            entry.update(bench_phase(accelerator, base, stage, args.batch_size, args.resolution, args.lora_rank,
-                                     DTYPES[args.precision], args.steps, not args.no_gradient_checkpointing), status="ok")
+            entry.update(
+                bench_phase(
+                    accelerator,
+                    base,
+                    stage,
+                    args.batch_size,
+                    args.resolution,
+                    args.lora_rank,
+                    DTYPES[args.precision],
+                    args.steps,
+                    not args.no_gradient_checkpointing,
+                ),
+                status="ok",
+            )
         except torch.OutOfMemoryError as e:
             entry.update(status=f"out of memory: {str(e).splitlines()[0]}")
         accelerator.free_memory()
@@ -130,9 +156,18 @@ def main(argv=None):
         results.append(entry)
 
     device_name = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else platform.processor() or "cpu"
-    report = {"device": device_name, "torch": torch.__version__, "diffusers": diffusers.__version__, "model": args.model,
-              "resolution": args.resolution, "batch_size": args.batch_size, "precision": args.precision,
-              "gradient_checkpointing": not args.no_gradient_checkpointing, "lora_rank": args.lora_rank, "phases": results}
+    report = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "model": args.model,
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "gradient_checkpointing": not args.no_gradient_checkpointing,
+        "lora_rank": args.lora_rank,
+        "phases": results,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.json}")

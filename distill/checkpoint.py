@@ -89,8 +89,7 @@ def atomic_write_text(path: Path, text: str):
         raise
 
 
-def save(folder: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizers: dict, progress: dict,
-         config: dict, keep: int) -> Path:
+def save(folder: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizers: dict, progress: dict, config: dict, keep: int) -> Path:
     """Write checkpoint-<step> (weights: file stem -> state dict), point `latest` at it, keep the newest `keep`."""
     folder = Path(folder)
     final = folder / f"checkpoint-{step:08d}"
@@ -130,8 +129,11 @@ def load(path: Path, config: dict) -> tuple[dict, dict, dict]:
     state = json.loads((path / STATE).read_text())
     diff = config_diff(state["config"], config)
     if diff:
-        raise CheckpointError(f"{path} was trained with another config; differences:\n  " + "\n  ".join(diff)
-                              + "\nuse the original config, or another train.output_dir to start afresh")
+        raise CheckpointError(
+            f"{path} was trained with another config; differences:\n  "
+            + "\n  ".join(diff)
+            + "\nuse the original config, or another train.output_dir to start afresh"
+        )
     weights = {f.stem: load_file(f) for f in sorted(path.glob("*.safetensors"))}
     optimizers = torch.load(path / OPTIMIZERS, weights_only=True)
     return weights, optimizers, state["progress"]

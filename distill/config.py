@@ -108,8 +108,14 @@ class Config:
 
 
 # Keys whose change does not alter the trained weights: a checkpoint stays valid across them.
-RESUME_NEUTRAL = {"train.output_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "train.validation_prompts", "train.validation_seeds"}
+RESUME_NEUTRAL = {
+    "train.output_dir",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.validation_prompts",
+    "train.validation_seeds",
+}
 
 
 def read_toml(path) -> dict:
@@ -134,8 +140,13 @@ def parse_config(raw: dict, path: str = "") -> Config:
     if not stages_raw:
         raise ConfigError("stages: the plan needs at least one [[stages]] table")
     stages = tuple(_stage(s, f"stages[{i}]") for i, s in enumerate(stages_raw))
-    config = Config(_section(ModelConfig, raw.get("model", {}), "model"), _section(DataConfig, raw.get("data", {}), "data"),
-                    _section(TrainConfig, raw.get("train", {}), "train"), stages, path)
+    config = Config(
+        _section(ModelConfig, raw.get("model", {}), "model"),
+        _section(DataConfig, raw.get("data", {}), "data"),
+        _section(TrainConfig, raw.get("train", {}), "train"),
+        stages,
+        path,
+    )
     validate(config)
     return config
 
@@ -218,8 +229,11 @@ def validate(c: Config):
     _check(d.shard_size >= 1, "data.shard_size", "must be >= 1")
     # fp16 would need the student's gradient through D to pass accelerate's loss scaler, which the G step bypasses
     # (it backpropagates D's input gradient by hand); bf16 needs no scaler and is what the paper trains in.
-    _check(t.mixed_precision in MIXED_PRECISION, "train.mixed_precision",
-           f"must be one of {MIXED_PRECISION} (fp16 is refused: its loss scaling does not cover the adversarial G step; use bf16)")
+    _check(
+        t.mixed_precision in MIXED_PRECISION,
+        "train.mixed_precision",
+        f"must be one of {MIXED_PRECISION} (fp16 is refused: its loss scaling does not cover the adversarial G step; use bf16)",
+    )
     for key in ("batch_size", "gradient_accumulation_steps", "lora_rank", "checkpoint_every", "keep_checkpoints", "log_every"):
         _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
     _check(t.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
@@ -228,18 +242,26 @@ def validate(c: Config):
     names = [s.name for s in c.stages]
     for i, s in enumerate(c.stages):
         where = f"stages[{i}]"
-        _check(s.name not in names[:i] and s.name.replace("-", "").replace("_", "").isalnum(), f"{where}.name",
-               f"{s.name!r} must be unique and made of letters, digits, - and _ (it names folders)")
+        _check(
+            s.name not in names[:i] and s.name.replace("-", "").replace("_", "").isalnum(),
+            f"{where}.name",
+            f"{s.name!r} must be unique and made of letters, digits, - and _ (it names folders)",
+        )
         _check(_power_of_two(s.student_steps), f"{where}.student_steps", f"{s.student_steps} is not a power of two (trailing grids must nest)")
-        _check(s.student_steps < s.teacher_steps, f"{where}.student_steps",
-               f"{s.student_steps} must be fewer than teacher_steps {s.teacher_steps}")
+        _check(s.student_steps < s.teacher_steps, f"{where}.student_steps", f"{s.student_steps} must be fewer than teacher_steps {s.teacher_steps}")
         ratio = s.teacher_steps / s.student_steps
-        _check(ratio == int(ratio) and _power_of_two(int(ratio)), f"{where}.teacher_steps",
-               f"{s.teacher_steps} does not halve into student_steps {s.student_steps} (the ratio must be a power of two)")
+        _check(
+            ratio == int(ratio) and _power_of_two(int(ratio)),
+            f"{where}.teacher_steps",
+            f"{s.teacher_steps} does not halve into student_steps {s.student_steps} (the ratio must be a power of two)",
+        )
         if i > 0:
             previous = c.stages[i - 1]
-            _check(s.teacher_steps == previous.student_steps, f"{where}.teacher_steps",
-                   f"{s.teacher_steps} must equal the previous stage's student_steps {previous.student_steps} (progressive chain)")
+            _check(
+                s.teacher_steps == previous.student_steps,
+                f"{where}.teacher_steps",
+                f"{s.teacher_steps} must equal the previous stage's student_steps {previous.student_steps} (progressive chain)",
+            )
         _check(s.prediction_type in ("epsilon", "sample"), f"{where}.prediction_type", "must be 'epsilon' or 'sample'")
         _validate_phases(s, i, where)
 
@@ -256,41 +278,52 @@ def _validate_phases(s: StageConfig, index: int, where: str):
         _check(p.d_lr is None or p.d_lr > 0, f"{key}.d_lr", "must be a positive number")
         _check(len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas), f"{key}.betas", "must be two numbers in [0, 1)")
         _check(p.guidance_scale >= 1, f"{key}.guidance_scale", "must be >= 1 (1 = no CFG)")
-        _check(p.teacher == "previous" or index > 0, f"{key}.teacher",
-               "'skip' needs a stage two levels up; the first stage's only teacher is the base model")
+        _check(p.teacher == "previous" or index > 0, f"{key}.teacher", "'skip' needs a stage two levels up; the first stage's only teacher is the base model")
         _check(not p.renoise_weights or p.adversarial, f"{key}.renoise_weights", "only adversarial phases re-noise D's inputs")
-        _check(not p.renoise_weights or (len(p.renoise_weights) == 4 and min(p.renoise_weights) >= 0 and sum(p.renoise_weights) > 0),
-               f"{key}.renoise_weights", "must be four non-negative weights for t* = 10, 250, 500, 750, not all zero")
+        _check(
+            not p.renoise_weights or (len(p.renoise_weights) == 4 and min(p.renoise_weights) >= 0 and sum(p.renoise_weights) > 0),
+            f"{key}.renoise_weights",
+            "must be four non-negative weights for t* = 10, 250, 500, 750, not all zero",
+        )
         if p.params == "full":
             seen_full = True
-        _check(not (p.params == "lora" and seen_full), f"{key}.params",
-               "a LoRA phase cannot follow a full-UNet phase in the same stage (LoRA is merged before the full phases)")
+        _check(
+            not (p.params == "lora" and seen_full),
+            f"{key}.params",
+            "a LoRA phase cannot follow a full-UNet phase in the same stage (LoRA is merged before the full phases)",
+        )
         if s.prediction_type == "sample":
-            _check((j == 0) == (p.objective == "x0_convert"), f"{key}.objective",
-                   "an x0 ('sample') student starts with exactly one x0_convert phase")
+            _check((j == 0) == (p.objective == "x0_convert"), f"{key}.objective", "an x0 ('sample') student starts with exactly one x0_convert phase")
         else:
             _check(p.objective != "x0_convert", f"{key}.objective", "x0_convert needs the stage's prediction_type = 'sample'")
 
 
 def describe(c: Config) -> str:
     """The resolved plan, one line per phase: what `python -m distill plan` prints."""
-    lines = [f"config {c.path or '<inline>'}", f"base model: {c.model.base}",
-             f"data: {c.data.source} {c.data.path or ''} at {c.data.resolution}px, on_bad={c.data.on_bad}".replace("  ", " "),
-             f"train: batch {c.train.batch_size} x accumulation {c.train.gradient_accumulation_steps}, {c.train.mixed_precision}, "
-             f"LoRA rank {c.train.lora_rank}, {c.train.gan_updates} G/D updates, checkpoints every {c.train.checkpoint_every} steps (keep {c.train.keep_checkpoints}) "
-             f"in {c.train.output_dir}"]
+    lines = [
+        f"config {c.path or '<inline>'}",
+        f"base model: {c.model.base}",
+        f"data: {c.data.source} {c.data.path or ''} at {c.data.resolution}px, on_bad={c.data.on_bad}".replace("  ", " "),
+        f"train: batch {c.train.batch_size} x accumulation {c.train.gradient_accumulation_steps}, {c.train.mixed_precision}, "
+        f"LoRA rank {c.train.lora_rank}, {c.train.gan_updates} G/D updates, "
+        f"checkpoints every {c.train.checkpoint_every} steps (keep {c.train.keep_checkpoints}) in {c.train.output_dir}",
+    ]
     total = 0
     for i, s in enumerate(c.stages):
-        lines.append(f"stage {i} {s.name}: {s.teacher_steps} -> {s.student_steps} steps, student predicts {s.prediction_type}"
-                     + ("" if s.pure_noise else ", no pure noise at t = 999 (ablation)"))
+        lines.append(
+            f"stage {i} {s.name}: {s.teacher_steps} -> {s.student_steps} steps, student predicts {s.prediction_type}"
+            + ("" if s.pure_noise else ", no pure noise at t = 999 (ablation)")
+        )
         for j, p in enumerate(s.phases):
             teacher = teacher_of(c, i, j)
             extra = f", CFG {p.guidance_scale:g}" if p.guidance_scale > 1 else ""
             extra += f", re-noise weights {':'.join(f'{w:g}' for w in p.renoise_weights)}" if p.renoise_weights else ""
             if j > 0 and p.params == "full" and s.phases[j - 1].params == "lora":
                 lines.append("    merge LoRA into the UNet (fp32)")
-            lines.append(f"  phase {j}: {p.objective:<13} {p.params:<4} {p.steps:>6} steps  lr {p.lr:g} betas {p.betas}  "
-                         f"teacher: {teacher[0]} at {teacher[1]} steps{extra}")
+            lines.append(
+                f"  phase {j}: {p.objective:<13} {p.params:<4} {p.steps:>6} steps  lr {p.lr:g} betas {p.betas}  "
+                f"teacher: {teacher[0]} at {teacher[1]} steps{extra}"
+            )
             total += p.steps
     lines.append(f"total optimizer steps: {total}")
     return "\n".join(lines)
@@ -312,8 +345,8 @@ def lineage(c: Config, stage: int) -> dict:
     the same lineage is reused instead of retrained, e.g. by a run branched from another)."""
     data = c.to_dict()
     data["train"] = {k: v for k, v in data["train"].items() if f"train.{k}" not in RESUME_NEUTRAL}
-    data["stages"] = data["stages"][:stage + 1]
-    if not any(p.adversarial for s in c.stages[:stage + 1] for p in s.phases):
+    data["stages"] = data["stages"][: stage + 1]
+    if not any(p.adversarial for s in c.stages[: stage + 1] for p in s.phases):
         del data["train"]["gan_updates"]  # it decides adversarial phases only: MSE-only stages are shared across it
     return json_plain(data)
 
@@ -343,4 +376,3 @@ def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif json_plain(a) != json_plain(b):
             out.append(f"{name}: checkpoint has {a!r}, config has {b!r}")
     return out
-

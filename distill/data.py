@@ -50,7 +50,7 @@ class Skipped:
 
     def add(self, name: str, reason: str, on_bad: str):
         if on_bad == "stop":
-            raise DataError(f"{name}: {reason} (set data.on_bad = \"skip\" to skip such samples)")
+            raise DataError(f'{name}: {reason} (set data.on_bad = "skip" to skip such samples)')
         self.reasons.setdefault(reason, []).append(name)
 
     @property
@@ -144,8 +144,9 @@ def precompute(config, components: dict, out: Path, device="cpu", batch_size: in
     d = config.data
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = StableDiffusionXLPipeline(**{k: components[k] for k in (
-        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}).to(device)
+    pipe = StableDiffusionXLPipeline(
+        **{k: components[k] for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}
+    ).to(device)
     alphas_bar = components["scheduler"].alphas_cumprod.to(device)
     generator = torch.Generator(device).manual_seed(config.train.seed)
     skipped, buffer, shards, total = Skipped(), [], [], 0
@@ -184,8 +185,14 @@ def precompute(config, components: dict, out: Path, device="cpu", batch_size: in
         flush()
     if total == 0:
         raise DataError(f"no usable samples from data.source={d.source!r} {d.path} (skipped {skipped.count})")
-    index = {"count": total, "resolution": d.resolution, "shards": shards, "skipped": skipped.count,
-             "skipped_reasons": {k: len(v) for k, v in skipped.reasons.items()}, "skipped_names": skipped.reasons}
+    index = {
+        "count": total,
+        "resolution": d.resolution,
+        "shards": shards,
+        "skipped": skipped.count,
+        "skipped_reasons": {k: len(v) for k, v in skipped.reasons.items()},
+        "skipped_names": skipped.reasons,
+    }
     atomic_write_text(out / INDEX, json.dumps(index, indent=1))  # written last: its presence means "complete"
     return index
 
@@ -201,10 +208,8 @@ def _encode(pipe, batch, d, alphas_bar, generator, device) -> dict:
     else:
         size = d.resolution // pipe.vae_scale_factor
         noise = torch.randn((len(batch), pipe.unet.config.in_channels, size, size), generator=generator, device=device)
-        latents = teacher_solve(pipe.unet, noise, 999, CLEAN, d.generate_steps, cond, alphas_bar,
-                                guidance_scale=d.generate_guidance, uncond=zero_uncond(cond))
-    return {"latents": latents.float(), "encoder_hidden_states": embeds.float(), "text_embeds": pooled.float(),
-            "time_ids": time_ids, "captions": captions}
+        latents = teacher_solve(pipe.unet, noise, 999, CLEAN, d.generate_steps, cond, alphas_bar, guidance_scale=d.generate_guidance, uncond=zero_uncond(cond))
+    return {"latents": latents.float(), "encoder_hidden_states": embeds.float(), "text_embeds": pooled.float(), "time_ids": time_ids, "captions": captions}
 
 
 class LatentCache:
@@ -232,5 +237,5 @@ class LatentCache:
                 for key in KEYS:
                     tensor = f.get_slice(key)
                     for position, row in wanted:
-                        parts[key][position] = tensor[row:row + 1]
+                        parts[key][position] = tensor[row : row + 1]
         return {k: torch.cat(v) for k, v in parts.items()}

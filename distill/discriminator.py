@@ -52,8 +52,15 @@ class HeadBlock(nn.Module):
 class Discriminator(nn.Module):
     """logits (B,) for x_{t-ns} (and, when conditional, x_t); real = teacher, fake = student."""
 
-    def __init__(self, backbone: dict[str, nn.Module], feature_channels: int, conditional: bool = True,
-                 head_channels: int | None = None, head_blocks: int = 3, normalize_head: bool = True):
+    def __init__(
+        self,
+        backbone: dict[str, nn.Module],
+        feature_channels: int,
+        conditional: bool = True,
+        head_channels: int | None = None,
+        head_blocks: int = 3,
+        normalize_head: bool = True,
+    ):
         super().__init__()
         for name in BACKBONE:
             setattr(self, name, backbone[name])
@@ -65,8 +72,15 @@ class Discriminator(nn.Module):
         self.to_logit = nn.Linear(head_channels, 1)
 
     @classmethod
-    def from_unet(cls, teacher_unet, conditional: bool = True, trainable_backbone: bool = True,
-                  head_channels: int | None = None, head_blocks: int = 3, latent_size: int | None = None) -> "Discriminator":
+    def from_unet(
+        cls,
+        teacher_unet,
+        conditional: bool = True,
+        trainable_backbone: bool = True,
+        head_channels: int | None = None,
+        head_blocks: int = 3,
+        latent_size: int | None = None,
+    ) -> "Discriminator":
         """Copy the teacher's encoder + mid block (pretrained init; LoRA wrappers, if any, dropped for the base
         weights) and build a freshly initialised head: a new call gives a new head, so build one per stage.
         latent_size: the training latents' side (default: the UNet's sample_size); it decides whether the head
@@ -76,8 +90,14 @@ class Discriminator(nn.Module):
         if config.addition_embed_type != "text_time" or any(module is not None for module in extras):
             raise ValueError("the discriminator backbone supports SDXL-style UNets (addition_embed_type='text_time') only")
         backbone = {name: without_lora(copy.deepcopy(getattr(teacher_unet, name))) for name in BACKBONE}
-        disc = cls(backbone, config.block_out_channels[-1], conditional, head_channels, head_blocks,
-                   normalize_head=mid_block_size(config, latent_size or config.sample_size) >= MIN_NORMALIZED_SIZE)
+        disc = cls(
+            backbone,
+            config.block_out_channels[-1],
+            conditional,
+            head_channels,
+            head_blocks,
+            normalize_head=mid_block_size(config, latent_size or config.sample_size) >= MIN_NORMALIZED_SIZE,
+        )
         # fp32 like every trainable model here (autocast runs it in bf16); a bf16 teacher copies exactly.
         disc.to(device=teacher_unet.device, dtype=torch.float32)
         disc.requires_grad_(True)

@@ -27,7 +27,6 @@ from .train import load_components, stage_dir
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
 
 
-
 def to_kohya(state_dict: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """`down_blocks.1.attentions.0.proj_in.lora_A.weight` -> `lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight`
     (lora_B -> lora_up) plus one `.alpha` per module; kohya scales by alpha / rank, PEFT by lora_alpha / r."""
@@ -80,12 +79,21 @@ def export(config: Config, out, stages=None, base_lora_rank: int | None = 64) ->
                 wrapped, errors = extract_lora(student, base_unet, base_lora_rank)
                 state = {k: v.contiguous() for k, v in lora_state_dict_diffusers(wrapped).items()}
                 entry["from_base"] = _write_lora(tmp / stage.name / "lora_from_base", stage.name, state, base_lora_rank) | {
-                    "applies_to": "base", "rank": base_lora_rank, **errors}
+                    "applies_to": "base",
+                    "rank": base_lora_rank,
+                    **errors,
+                }
             if entry:
                 loras[stage.name] = entry
         base = config.model.base
         if Path(base).exists():  # a local base folder: record where it is, not where the run happened to start
             base = str(Path(base).resolve())
-        write_manifest(tmp, base, variants, scheduler={"name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"},
-                       loras=loras, distilled_with=config.path or "inline config")
+        write_manifest(
+            tmp,
+            base,
+            variants,
+            scheduler={"name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"},
+            loras=loras,
+            distilled_with=config.path or "inline config",
+        )
     return out

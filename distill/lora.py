@@ -10,8 +10,20 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 # Suffix-matched by peft. None of them names conv_in, conv_out, time_embedding.* or add_embedding.*.
 LORA_TARGET_MODULES = [
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
 ]
 ADAPTER = "student"
 
@@ -118,5 +130,7 @@ def extract_lora(student: UNet2DConditionModel, base: UNet2DConditionModel, rank
         untargeted_norm = sum(float(base_weights[k].pow(2).sum()) for k in rest)
     # Biases of target layers also move in full training and a LoRA has none: counted as untargeted change.
     bias_change = sum(float((student_weights[k] - base_weights[k]).pow(2).sum()) for k in targeted if k.endswith(".bias") and k in base_weights)
-    return wrapped, {"relative_error": (residual / total) ** 0.5 if total else 0.0,
-                     "untargeted_change": ((untargeted + bias_change) / untargeted_norm) ** 0.5 if untargeted_norm else 0.0}
+    return wrapped, {
+        "relative_error": (residual / total) ** 0.5 if total else 0.0,
+        "untargeted_change": ((untargeted + bias_change) / untargeted_norm) ** 0.5 if untargeted_norm else 0.0,
+    }

@@ -41,8 +41,10 @@ def trainable_weights(module) -> dict:
 def load_trainable(module, weights: dict):
     expected = set(trainable_weights(module))
     if set(weights) != expected:
-        raise checkpoint.CheckpointError(f"checkpoint weights do not match this phase's trainable parameters "
-                                         f"({len(set(weights) - expected)} unexpected, {len(expected - set(weights))} missing)")
+        raise checkpoint.CheckpointError(
+            f"checkpoint weights do not match this phase's trainable parameters "
+            f"({len(set(weights) - expected)} unexpected, {len(expected - set(weights))} missing)"
+        )
     params = dict(module.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
@@ -83,6 +85,13 @@ def save_checkpoint(accelerator, config, fsdp, student, disc, g_opt, d_opt, prog
         weights["discriminator"] = gathered(accelerator, accelerator.unwrap_model(disc).state_dict())
         optimizers["d"] = optimizer_state(fsdp, disc, d_opt)
     if accelerator.is_main_process:
-        checkpoint.save(Path(config.train.output_dir) / "checkpoints", progress["global_step"], weights, optimizers, progress,
-                        config.to_dict(), config.train.keep_checkpoints)
+        checkpoint.save(
+            Path(config.train.output_dir) / "checkpoints",
+            progress["global_step"],
+            weights,
+            optimizers,
+            progress,
+            config.to_dict(),
+            config.train.keep_checkpoints,
+        )
     accelerator.wait_for_everyone()

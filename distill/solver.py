@@ -13,7 +13,9 @@ def unet_output(unet, x, t, cond: dict) -> torch.Tensor:
     """The SDXL UNet's raw output for latents x at timestep(s) t (int or (B,) tensor), in x's dtype."""
     timesteps = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
     out = unet(
-        x.to(unet.dtype), timesteps, encoder_hidden_states=cond["encoder_hidden_states"].to(unet.dtype),
+        x.to(unet.dtype),
+        timesteps,
+        encoder_hidden_states=cond["encoder_hidden_states"].to(unet.dtype),
         added_cond_kwargs={"text_embeds": cond["text_embeds"].to(unet.dtype), "time_ids": cond["time_ids"].to(unet.dtype)},
     ).sample
     return out.to(x.dtype)
@@ -21,8 +23,7 @@ def unet_output(unet, x, t, cond: dict) -> torch.Tensor:
 
 def zero_uncond(cond: dict) -> dict:
     """SDXL's unconditional input (force_zeros_for_empty_prompt): zero text embeddings, the same micro-conditioning."""
-    return {**cond, "encoder_hidden_states": torch.zeros_like(cond["encoder_hidden_states"]),
-            "text_embeds": torch.zeros_like(cond["text_embeds"])}
+    return {**cond, "encoder_hidden_states": torch.zeros_like(cond["encoder_hidden_states"]), "text_embeds": torch.zeros_like(cond["text_embeds"])}
 
 
 def guided_output(unet, x, t, cond: dict, guidance_scale: float = 1.0, uncond: dict | None = None) -> torch.Tensor:
@@ -54,8 +55,18 @@ def solve_path(t: int, t_end: int, teacher_steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def teacher_solve(unet, x_t, t: int, t_end: int, teacher_steps: int, cond: dict, alphas_bar,
-                  prediction_type: str = "epsilon", guidance_scale: float = 1.0, uncond: dict | None = None) -> torch.Tensor:
+def teacher_solve(
+    unet,
+    x_t,
+    t: int,
+    t_end: int,
+    teacher_steps: int,
+    cond: dict,
+    alphas_bar,
+    prediction_type: str = "epsilon",
+    guidance_scale: float = 1.0,
+    uncond: dict | None = None,
+) -> torch.Tensor:
     """x_{t_end} from n deterministic DDIM steps (= diffusers' Euler for these models) on the teacher's trailing grid;
     t_end = -1 returns the clean x0. Per step: x0, eps from the (guided) output, then x' = alpha' x0 + sigma' eps.
 

@@ -36,10 +36,10 @@ from . import checkpoint
 from .config import Config, lineage, teacher_of
 from .data import LatentCache, precompute
 from .discriminator import Discriminator, renoise_timesteps
-from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
 from .lora import add_lora, lora_state_dict_diffusers, merge_lora, teacher_context
-from .sharding import load_optimizer, load_trainable, meta_copy, save_checkpoint, unshard, whole
+from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
 from .schedule import add_noise, alpha_sigma, student_jump, training_timesteps
+from .sharding import load_optimizer, load_trainable, meta_copy, save_checkpoint, unshard, whole
 from .solver import teacher_solve, zero_uncond
 from .student import student_step
 from .validation import decode, sample, save_validation, validation_inputs
@@ -59,8 +59,10 @@ def load_components(model) -> dict:
     try:
         return StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True, dtype=torch.float32).components
     except OSError as e:
-        raise WeightsUnavailable(f"cannot load the base model {model.base!r}: {str(e).splitlines()[0]}. Download it first "
-                                 f"(`hf download {model.base}`) or point model.base at a local diffusers folder.") from None
+        raise WeightsUnavailable(
+            f"cannot load the base model {model.base!r}: {str(e).splitlines()[0]}. Download it first "
+            f"(`hf download {model.base}`) or point model.base at a local diffusers folder."
+        ) from None
 
 
 def stage_dir(config: Config, name: str) -> Path:
@@ -179,8 +181,9 @@ def generator_step(accelerator, stage, phase, m: PhaseModels, x_t, t, t_next, co
             if phase.objective == "x0_convert":  # same t: the x0 the epsilon teacher implies
                 x_real = implied_x0(m.teacher, x_t, t, cond, alphas_bar)
             else:
-                x_real = teacher_solve(m.teacher, x_t, t, t_next, m.teacher_steps, cond, alphas_bar,
-                                       m.teacher_prediction, phase.guidance_scale, zero_uncond(cond))
+                x_real = teacher_solve(
+                    m.teacher, x_t, t, t_next, m.teacher_steps, cond, alphas_bar, m.teacher_prediction, phase.guidance_scale, zero_uncond(cond)
+                )
         if not phase.adversarial:
             loss_g = mse_loss(x0_fake if phase.objective == "x0_convert" else x_fake, x_real)
             accelerator.backward(loss_g)
@@ -251,10 +254,10 @@ class Optimizers:
 
 def optimization_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimizers, draw, alphas_bar, seeds: tuple) -> dict:
     """One optimizer step of a phase. The student (G) steps first, over all micro-batches, against the current D;
-    then, in adversarial phases, D steps over the same micro-batches: on the updated student's fresh fake when
-    updates alternate (the paper, `train.gan_updates = "alternating"`), or on the fake the student's step started
-    from ("simultaneous"). draw(generator) -> (x_t, t, t_next, cond), one micro-batch; seeds = (seed, stage, phase,
-step). -> the step's losses, D's accuracy, gradient norms, and whether every gradient was finite."""
+        then, in adversarial phases, D steps over the same micro-batches: on the updated student's fresh fake when
+        updates alternate (the paper, `train.gan_updates = "alternating"`), or on the fake the student's step started
+        from ("simultaneous"). draw(generator) -> (x_t, t, t_next, cond), one micro-batch; seeds = (seed, stage, phase,
+    step). -> the step's losses, D's accuracy, gradient norms, and whether every gradient was finite."""
     kept, finite, record = [], True, {}
     for micro in range(tc.gradient_accumulation_steps):
         # Global micro-batch index: N processes x 1 micro-batch draw what 1 process x N micro-batches draws.
@@ -274,8 +277,7 @@ step). -> the step's losses, D's accuracy, gradient norms, and whether every gra
         with accelerator.accumulate(m.disc_model):
             loss_d, real_logits, fake_logits = discriminator_step(accelerator, phase, m, x_t, t, t_next, cond, x_real, x_fake, alphas_bar, generator)
             finite_d, norms = optimizer_step(accelerator, opt.d_params, opt.d_opt, tc.max_grad_norm, "d")
-        record.update(loss_d=loss_d.item(), d_acc_real=float((real_logits > 0).float().mean()),
-                      d_acc_fake=float((fake_logits < 0).float().mean()), **norms)
+        record.update(loss_d=loss_d.item(), d_acc_real=float((real_logits > 0).float().mean()), d_acc_fake=float((fake_logits < 0).float().mean()), **norms)
         finite &= finite_d
     return record | {"finite": finite}
 
@@ -284,19 +286,25 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     """Run the plan; returns the per-step records (also logged to tensorboard)."""
     tc = config.train
     out = Path(tc.output_dir)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.gradient_accumulation_steps,
-                              log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
     accelerator.init_trackers("distill")
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if fsdp and not accelerator.is_fsdp2:
         raise ValueError("FSDP runs need fsdp_version: 2 in the accelerate config (distill/configs/accelerate_fsdp.yaml)")
     if fsdp:  # gather weights in the compute dtype, but average gradients in fp32 as DDP does (accelerate's: bf16)
         accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
-            param_dtype=DTYPES[tc.mixed_precision], reduce_dtype=torch.float32, output_dtype=DTYPES[tc.mixed_precision])
+            param_dtype=DTYPES[tc.mixed_precision], reduce_dtype=torch.float32, output_dtype=DTYPES[tc.mixed_precision]
+        )
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
     device, weight_dtype = accelerator.device, DTYPES[tc.mixed_precision]
-    accelerator.print(f"distilling on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} "
-                      f"({device}, {tc.mixed_precision}), writing to {out}")
+    accelerator.print(
+        f"distilling on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} ({device}, {tc.mixed_precision}), writing to {out}"
+    )
 
     components = load_components(config.model)
     data = training_data(config, components, accelerator)
@@ -351,16 +359,27 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             if phase.adversarial and (disc is None or stage.phases[j - 1].objective != phase.objective):
                 with torch.random.fork_rng(devices=[]):  # a fresh D (new head) whenever the objective changes
                     torch.manual_seed(step_seed(tc.seed, i, j, -2))
-                    disc = Discriminator.from_unet(load_unet(config, source, components), conditional=phase.objective == "conditional",
-                                                   trainable_backbone=phase.trainable_backbone, latent_size=latent_size).to(device).float()
+                    disc = (
+                        Discriminator.from_unet(
+                            load_unet(config, source, components),
+                            conditional=phase.objective == "conditional",
+                            trainable_backbone=phase.trainable_backbone,
+                            latent_size=latent_size,
+                        )
+                        .to(device)
+                        .float()
+                    )
                 if tc.gradient_checkpointing:
                     checkpoint_blocks(disc)
             if not phase.adversarial:
                 disc = None
 
             g_opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=phase.lr, betas=phase.betas, weight_decay=0.0)
-            d_opt = torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=phase.d_lr or phase.lr, betas=phase.betas,
-                                     weight_decay=0.0) if disc is not None else None
+            d_opt = (
+                torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=phase.d_lr or phase.lr, betas=phase.betas, weight_decay=0.0)
+                if disc is not None
+                else None
+            )
             start, skipped = 0, 0
             if resume_here:  # weights into the whole modules now; optimizer states once they are (maybe) sharded
                 weights, optimizers, progress = resumed
@@ -375,8 +394,12 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
             student_model, g_opt = accelerator.prepare(student, g_opt)
             disc_model, d_opt = accelerator.prepare(disc, d_opt) if disc is not None else (None, None)
             # Parameters as prepared (FSDP replaces them by sharded ones): what is clipped and checked.
-            opt = Optimizers([p for p in student_model.parameters() if p.requires_grad], g_opt,
-                             [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else [], d_opt)
+            opt = Optimizers(
+                [p for p in student_model.parameters() if p.requires_grad],
+                g_opt,
+                [p for p in disc_model.parameters() if p.requires_grad] if disc is not None else [],
+                d_opt,
+            )
             if resume_here:
                 load_optimizer(fsdp, student_model, g_opt, optimizers["g"])
                 if disc is not None:
@@ -393,8 +416,16 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                 record = optimization_step(accelerator, tc, stage, phase, m, opt, draw, alphas_bar, (tc.seed, i, j, step))
                 skipped += not record.pop("finite")
                 global_step += 1
-                record = {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "lr": phase.lr,
-                          **({"lr_d": phase.d_lr or phase.lr} if phase.adversarial else {}), "skipped_steps": skipped, **record}
+                record = {
+                    "stage": i,
+                    "phase": j,
+                    "step": step + 1,
+                    "global_step": global_step,
+                    "lr": phase.lr,
+                    **({"lr_d": phase.d_lr or phase.lr} if phase.adversarial else {}),
+                    "skipped_steps": skipped,
+                    **record,
+                }
                 records.append(record)
                 if global_step % tc.log_every == 0 or step + 1 == phase.steps:
                     accelerator.log({f"{label}/{k}": v for k, v in record.items() if k not in ("stage", "phase", "step", "global_step")}, step=global_step)
@@ -405,8 +436,16 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                     accelerator.end_training()
                     return records  # as if killed here: nothing more is written
                 if (step + 1) % tc.checkpoint_every == 0 or step + 1 == phase.steps:
-                    save_checkpoint(accelerator, config, fsdp, student_model, disc_model, g_opt, d_opt,
-                                     {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "skipped": skipped})
+                    save_checkpoint(
+                        accelerator,
+                        config,
+                        fsdp,
+                        student_model,
+                        disc_model,
+                        g_opt,
+                        d_opt,
+                        {"stage": i, "phase": j, "step": step + 1, "global_step": global_step, "skipped": skipped},
+                    )
 
             if fsdp:  # every process rebuilds the whole modules: the next phase starts from them
                 student = unshard(student_model, skeletons[0])
@@ -423,8 +462,14 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                     _save_unet(stage_dir(config, stage.name) / "lora_student", merge_onto_fp32_base(copy.deepcopy(student)))
                 if validation is not None:
                     latents = sample(student, validation[1], stage.student_steps, validation[0], alphas_bar, stage.prediction_type)
-                    save_validation(out / "validation" / f"{stage.name}_{j}_{phase.objective}_{phase.params}.png",
-                                    teacher_images, decode(vae, latents), writer, f"{label}/teacher|student", global_step)
+                    save_validation(
+                        out / "validation" / f"{stage.name}_{j}_{phase.objective}_{phase.params}.png",
+                        teacher_images,
+                        decode(vae, latents),
+                        writer,
+                        f"{label}/teacher|student",
+                        global_step,
+                    )
             accelerator.wait_for_everyone()
 
         if stage.phases[-1].params == "lora":
@@ -474,8 +519,7 @@ def _save_lora(folder: Path, student, rank: int):
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".tmp-lora.safetensors"
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in lora_state_dict_diffusers(student).items()}, tmp,
-              metadata={"rank": str(rank)})
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in lora_state_dict_diffusers(student).items()}, tmp, metadata={"rank": str(rank)})
     tmp.replace(folder / "lora.safetensors")
 
 
@@ -488,8 +532,14 @@ def _save_stage(config: Config, index: int, student):
     stage = config.stages[index]
     folder = stage_dir(config, stage.name)
     _save_unet(folder / "unet", student)
-    info = {"name": stage.name, "teacher_steps": stage.teacher_steps, "student_steps": stage.student_steps,
-            "prediction_type": stage.prediction_type, "base_model": config.model.base,
-            "lora_file": "lora.safetensors" if (folder / "lora.safetensors").is_file() else None,
-            "lora_rank": config.train.lora_rank, "lineage": lineage(config, index)}
+    info = {
+        "name": stage.name,
+        "teacher_steps": stage.teacher_steps,
+        "student_steps": stage.student_steps,
+        "prediction_type": stage.prediction_type,
+        "base_model": config.model.base,
+        "lora_file": "lora.safetensors" if (folder / "lora.safetensors").is_file() else None,
+        "lora_rank": config.train.lora_rank,
+        "lineage": lineage(config, index),
+    }
     checkpoint.atomic_write_text(folder / "stage.json", json.dumps(info, indent=1))

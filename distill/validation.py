@@ -15,8 +15,7 @@ from .solver import teacher_solve, zero_uncond
 @torch.no_grad()
 def encode_prompts(components: dict, prompts, resolution: int, device) -> dict:
     """SDXL conditioning for prompts through the stock pipeline's encode_prompt (both encoders, pooled, time_ids)."""
-    pipe = StableDiffusionXLPipeline(**{k: components[k] for k in (
-        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
+    pipe = StableDiffusionXLPipeline(**{k: components[k] for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
     pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
     embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
@@ -30,8 +29,13 @@ def validation_inputs(config: Config, components: dict, device):
         return None
     cond = encode_prompts(components, prompts, config.data.resolution, device)
     size = config.data.resolution // 8
-    noise = torch.stack([torch.randn((components["unet"].config.in_channels, size, size), generator=torch.Generator().manual_seed(s))
-                         for _ in config.train.validation_prompts for s in config.train.validation_seeds]).to(device)
+    noise = torch.stack(
+        [
+            torch.randn((components["unet"].config.in_channels, size, size), generator=torch.Generator().manual_seed(s))
+            for _ in config.train.validation_prompts
+            for s in config.train.validation_seeds
+        ]
+    ).to(device)
     return cond, noise
 
 

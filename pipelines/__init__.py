@@ -11,5 +11,15 @@ from .errors import InvalidModel, InvalidRequest, NonFiniteOutput, StudioError, 
 from .requests import GenerationRequest, GenerationResult
 from .startup import default_model, load_engine
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "InvalidModel", "InvalidRequest", "NonFiniteOutput",
-           "StudioError", "WeightsUnavailable", "default_model", "load_engine"]
+__all__ = [
+    "Engine",
+    "GenerationRequest",
+    "GenerationResult",
+    "InvalidModel",
+    "InvalidRequest",
+    "NonFiniteOutput",
+    "StudioError",
+    "WeightsUnavailable",
+    "default_model",
+    "load_engine",
+]

@@ -15,24 +15,53 @@ CLIP_VOCAB_SIZE = 49408
 # Tiny SDXL: the same block types, micro-conditioning and two-encoder text path as SDXL, at toy widths.
 # Four VAE blocks keep SDXL's 8x latent downscale so image sizes mean the same thing as in the real model.
 TINY_UNET = dict(
-    block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-    transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    transformer_layers_per_block=(1, 2),
+    projection_class_embeddings_input_dim=6 * 8 + 32,
+    cross_attention_dim=64,
     norm_num_groups=8,
 )
 TINY_VAE = dict(
-    block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-    sample_size=128, scaling_factor=0.13025, force_upcast=False,
+    block_out_channels=(16, 16, 32, 32),
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=8,
+    sample_size=128,
+    scaling_factor=0.13025,
+    force_upcast=False,
 )
 TINY_VAE_TINY = dict(
-    encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+    encoder_block_out_channels=(8, 8, 8, 8),
+    decoder_block_out_channels=(8, 8, 8, 8),
+    num_encoder_blocks=(1, 1, 1, 1),
+    num_decoder_blocks=(1, 1, 1, 1),
 )
 TINY_TEXT = dict(
-    hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
-    vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=77, hidden_act="gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    projection_dim=32,
+    vocab_size=CLIP_VOCAB_SIZE,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
 )
 
 

@@ -37,9 +37,7 @@ def prepare(module: torch.nn.Module, backend: str, device: torch.device, compile
     try:
         import torch_tensorrt  # noqa: F401  (registers the "tensorrt" torch.compile backend)
     except ImportError:
-        raise BackendUnavailable(
-            "backend 'tensorrt' needs torch-tensorrt: pip install 'lightning-studio[tensorrt]' (matching your torch and CUDA)"
-        ) from None
+        raise BackendUnavailable("backend 'tensorrt' needs torch-tensorrt: pip install 'lightning-studio[tensorrt]' (matching your torch and CUDA)") from None
     dtype = next(module.parameters()).dtype
     return torch.compile(module, backend="tensorrt", dynamic=False, options={"enabled_precisions": {dtype}})
 

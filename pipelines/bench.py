@@ -45,8 +45,9 @@ def median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
 
 def stock_pipeline(engine, steps: int) -> StableDiffusionXLPipeline:
     """The model-card recipe on the engine's own weights: trailing Euler for this variant, eager modules."""
-    pipe = StableDiffusionXLPipeline(**{**engine.pipe.components, "unet": engine.model.unets[steps],
-                                        "scheduler": engine.model.spec.variant(steps).scheduler(engine.pipe.scheduler.config)})
+    pipe = StableDiffusionXLPipeline(
+        **{**engine.pipe.components, "unet": engine.model.unets[steps], "scheduler": engine.model.spec.variant(steps).scheduler(engine.pipe.scheduler.config)}
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -69,8 +70,15 @@ def bench_stock(engine, steps, batch, size, repeats, warmup) -> float:
 
     def run(i):
         generators = [torch.Generator("cpu").manual_seed(b) for b in range(batch)]
-        pipe([f"{PROMPT} #{next(_PROMPT_IDS)}" for b in range(batch)], num_inference_steps=steps, guidance_scale=guidance,
-             height=size, width=size, generator=generators, output_type="pil")
+        pipe(
+            [f"{PROMPT} #{next(_PROMPT_IDS)}" for b in range(batch)],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            generator=generators,
+            output_type="pil",
+        )
 
     return median_ms(run, repeats, warmup, engine.device)
 
@@ -82,8 +90,10 @@ def module_flops(engine, steps: int, batch: int, size: int, vae: str) -> tuple[i
     x = torch.randn(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
     text = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
     pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-    cond = {"text_embeds": torch.randn(batch, pooled_dim, device=device, dtype=dtype),
-            "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch, device=device, dtype=dtype)}
+    cond = {
+        "text_embeds": torch.randn(batch, pooled_dim, device=device, dtype=dtype),
+        "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch, device=device, dtype=dtype),
+    }
     unet_flops = count_flops(unet, x, torch.tensor(999.0, device=device), encoder_hidden_states=text, added_cond_kwargs=cond)
     decoder = engine.pipe.vae if vae == "full" else engine.model.vae_tiny
     decode_flops = count_flops(decoder.decode, x.to(decoder.dtype))
@@ -92,10 +102,15 @@ def module_flops(engine, steps: int, batch: int, size: int, vae: str) -> tuple[i
 
 def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repeats=5, warmup=2, dtype=None, log=print) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "model": model, "results": [], "warmup_s": {}, "compile_cache_loaded": {}}
-    load = dict(device=str(device), steps=steps_list, preview_vae="tiny" if "tiny" in vaes else None, dtype=dtype,
-                check_finite=model != "random-sdxl")
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "model": model,
+        "results": [],
+        "warmup_s": {},
+        "compile_cache_loaded": {},
+    }
+    load = dict(device=str(device), steps=steps_list, preview_vae="tiny" if "tiny" in vaes else None, dtype=dtype, check_finite=model != "random-sdxl")
 
     # The stock recipe gets its own eagerly loaded copy of the same weights: the engine's backends change modules
     # in place (channels_last, compiled graphs) and stock diffusers upcasts its VAE in place; neither may leak.
@@ -122,13 +137,23 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
                     unet_tflops = unet_flops * passes / (row["stages_ms"]["denoise"] / 1000) / 1e12
                     decode_tflops = decode_flops / (row["stages_ms"]["decode"] / 1000) / 1e12
                     stock_row = stock_ms[(steps, batch)]
-                    row.update(model=model, size=size, steps=steps, batch=batch, backend=backend, vae=vae,
-                               stock_ms=stock_row, speedup=stock_row / row["engine_ms"],
-                               images_per_s=batch / row["engine_ms"] * 1000,
-                               unet_tflops=unet_tflops, decode_tflops=decode_tflops,
-                               unet_peak_fraction=unet_tflops / report["peak_tflops"],
-                               decode_peak_fraction=decode_tflops / report["peak_tflops"],
-                               unet_tflop=unet_flops / 1e12, decode_tflop=decode_flops / 1e12)
+                    row.update(
+                        model=model,
+                        size=size,
+                        steps=steps,
+                        batch=batch,
+                        backend=backend,
+                        vae=vae,
+                        stock_ms=stock_row,
+                        speedup=stock_row / row["engine_ms"],
+                        images_per_s=batch / row["engine_ms"] * 1000,
+                        unet_tflops=unet_tflops,
+                        decode_tflops=decode_tflops,
+                        unet_peak_fraction=unet_tflops / report["peak_tflops"],
+                        decode_peak_fraction=decode_tflops / report["peak_tflops"],
+                        unet_tflop=unet_flops / 1e12,
+                        decode_tflop=decode_flops / 1e12,
+                    )
                     report["results"].append(row)
                     log(format_row(row))
         report.setdefault("memory", {})[backend] = engine.memory()
@@ -143,20 +168,26 @@ def _free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-HEADER = f"{'backend':8} {'vae':4} {'steps':>5} {'batch':>5} {'stock ms':>9} {'engine ms':>9} {'speedup':>7} {'img/s':>7} {'text':>6} {'denoise':>8} {'decode':>7} {'UNet TF/s':>9} {'dec TF/s':>8}"
+HEADER = (
+    f"{'backend':8} {'vae':4} {'steps':>5} {'batch':>5} {'stock ms':>9} {'engine ms':>9} {'speedup':>7} {'img/s':>7} "
+    f"{'text':>6} {'denoise':>8} {'decode':>7} {'UNet TF/s':>9} {'dec TF/s':>8}"
+)
 
 
 def format_row(r: dict) -> str:
     s = r["stages_ms"]
-    return (f"{r['backend']:8} {r['vae']:4} {r['steps']:5d} {r['batch']:5d} {r['stock_ms']:9.1f} {r['engine_ms']:9.1f} "
-            f"{r['speedup']:6.2f}x {r['images_per_s']:7.2f} {s['text']:6.1f} {s['denoise']:8.1f} {s['decode']:7.1f} "
-            f"{r['unet_tflops']:9.2f} {r['decode_tflops']:8.2f}")
+    return (
+        f"{r['backend']:8} {r['vae']:4} {r['steps']:5d} {r['batch']:5d} {r['stock_ms']:9.1f} {r['engine_ms']:9.1f} "
+        f"{r['speedup']:6.2f}x {r['images_per_s']:7.2f} {s['text']:6.1f} {s['denoise']:8.1f} {s['decode']:7.1f} "
+        f"{r['unet_tflops']:9.2f} {r['decode_tflops']:8.2f}"
+    )
 
 
 def print_table(report: dict, log=print) -> None:
-    log(f"\n{report['model']} on {report['device']}, torch {report['torch']}, {report.get('dtype')}; "
-        f"measured matmul peak {report['peak_tflops']:.1f} TFLOP/s; warm-up s: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in report["warmup_s"].items()))
+    log(
+        f"\n{report['model']} on {report['device']}, torch {report['torch']}, {report.get('dtype')}; "
+        f"measured matmul peak {report['peak_tflops']:.1f} TFLOP/s; warm-up s: " + ", ".join(f"{k} {v:.1f}" for k, v in report["warmup_s"].items())
+    )
     log(HEADER)
     for row in report["results"]:
         log(format_row(row))

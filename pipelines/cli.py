@@ -14,18 +14,25 @@ EPILOG_BENCH = """example (GPU, the issue's configuration):
   python -m pipelines bench --model random-sdxl --device cuda --size 1024 --steps 1 2 --batch 1 4 \\
       --backend eager compile --vae full tiny --json docs/benchmarks/h100.json
 """
-MODEL_HELP = ("shapes (the embedded model trained on a world of coloured shapes, 128 px, offline), tiny (offline, built in code; pictures are noise), lightning (SDXL-Lightning full UNets, 1/2/4/8 steps), "
-              "lightning-lora (LoRAs, 2/4/8 steps, on --base), random-sdxl (SDXL architecture, random weights), "
-              "or a local folder (diffusers pipeline or a `distill export`). Default: lightning on CUDA, else tiny")
+MODEL_HELP = (
+    "shapes (the embedded model trained on a world of coloured shapes, 128 px, offline), tiny (offline, built in code; pictures are noise), "
+    "lightning (SDXL-Lightning full UNets, 1/2/4/8 steps), "
+    "lightning-lora (LoRAs, 2/4/8 steps, on --base), random-sdxl (SDXL architecture, random weights), "
+    "or a local folder (diffusers pipeline or a `distill export`). Default: lightning on CUDA, else shapes"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description="SDXL-Lightning inference: generate images, benchmark the engine.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gen = commands.add_parser("generate", help="write one image to a PNG", epilog=EPILOG_GENERATE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description="Generate an image from a prompt. The PNG's text metadata records prompt, seed, steps and model.")
+    gen = commands.add_parser(
+        "generate",
+        help="write one image to a PNG",
+        epilog=EPILOG_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate an image from a prompt. The PNG's text metadata records prompt, seed, steps and model.",
+    )
     gen.add_argument("prompt", help="what to draw (an empty string gives an unconditional image)")
     gen.add_argument("--model", default=None, help=MODEL_HELP)
     gen.add_argument("--base", default=None, help="SDXL base for lightning-lora (hub id or local folder; default SDXL base 1.0)")
@@ -39,9 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None, help="default float16 on CUDA, float32 on CPU")
     gen.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write (default out.png)")
 
-    bench = commands.add_parser("bench", help="time the stock diffusers recipe and the engine side by side", epilog=EPILOG_BENCH,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Benchmark stock diffusers vs the engine on the same weights in one run; prints a table, writes JSON.")
+    bench = commands.add_parser(
+        "bench",
+        help="time the stock diffusers recipe and the engine side by side",
+        epilog=EPILOG_BENCH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark stock diffusers vs the engine on the same weights in one run; prints a table, writes JSON.",
+    )
     bench.add_argument("--model", default="tiny", help="tiny or random-sdxl (or any --model of generate)")
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     bench.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None)
@@ -52,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vae", nargs="+", default=["full"], choices=("full", "tiny"))
     bench.add_argument("--repeats", type=int, default=5, help="timed repetitions per row (median reported)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed repetitions per row before timing")
-    bench.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers on a busy machine")
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers on a busy machine")
     bench.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser
 
@@ -65,19 +75,30 @@ def generate(args) -> None:
     from .requests import GenerationRequest
     from .startup import load_engine
 
-    engine = load_engine(args.model, device=args.device, steps=[args.steps] if args.steps else None, dtype=args.dtype,
-                         base=args.base, preview_vae="tiny" if args.vae == "tiny" else None)
+    engine = load_engine(
+        args.model,
+        device=args.device,
+        steps=[args.steps] if args.steps else None,
+        dtype=args.dtype,
+        base=args.base,
+        preview_vae="tiny" if args.vae == "tiny" else None,
+    )
     if engine.notice:
         print(engine.notice, file=sys.stderr)
     size = args.size or engine.default_size
-    request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.steps[0],
-                                width=args.width or size, height=args.height or size)
+    request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.steps[0], width=args.width or size, height=args.height or size)
     result = engine.generate([request], vae=args.vae)[0]
     if result.dropped_tokens:
         print(f"note: the prompt is longer than the 77-token window; {result.dropped_tokens} tokens were cut off", file=sys.stderr)
     metadata = PngInfo()
-    for key, value in {"prompt": request.prompt, "seed": request.seed, "steps": request.steps, "model": engine.model_name,
-                       "size": f"{request.width}x{request.height}", "vae": args.vae}.items():
+    for key, value in {
+        "prompt": request.prompt,
+        "seed": request.seed,
+        "steps": request.steps,
+        "model": engine.model_name,
+        "size": f"{request.width}x{request.height}",
+        "vae": args.vae,
+    }.items():
         metadata.add_text(key, str(value))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.image).save(args.out, pnginfo=metadata)
@@ -93,8 +114,9 @@ def bench(args) -> None:
 
         torch.set_num_threads(args.threads)
     size = args.size or {"tiny": 256, "shapes": 128}.get(args.model, 1024)
-    report = run_benchmark(args.model, args.device, size, args.steps, args.batch, args.backend, args.vae,
-                           repeats=args.repeats, warmup=args.warmup, dtype=args.dtype)
+    report = run_benchmark(
+        args.model, args.device, size, args.steps, args.batch, args.backend, args.vae, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype
+    )
     if args.json:
         write_json(report, args.json)
     print_table(report)

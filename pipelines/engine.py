@@ -64,9 +64,20 @@ class Timer:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, backend: str = "eager", size_limits=(64, 2048), default_size: int = 1024,
-                 notice: str | None = None, check_finite: bool = True, prompt_cache_size: int = 512, noise_cache_size: int = 64,
-                 compiler: str = "inductor", compile_cache=None, compile_cache_loaded: bool = False):
+    def __init__(
+        self,
+        model: LoadedModel,
+        backend: str = "eager",
+        size_limits=(64, 2048),
+        default_size: int = 1024,
+        notice: str | None = None,
+        check_finite: bool = True,
+        prompt_cache_size: int = 512,
+        noise_cache_size: int = 64,
+        compiler: str = "inductor",
+        compile_cache=None,
+        compile_cache_loaded: bool = False,
+    ):
         self.model, self.backend, self.notice = model, backend, notice
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
         self.size_limits, self.default_size, self.check_finite = size_limits, default_size, check_finite
@@ -85,8 +96,12 @@ class Engine:
         for steps in self.steps:
             variant = model.spec.variant(steps)
             timesteps = sampling.trailing_timesteps(steps, self.pipe.scheduler.config.num_train_timesteps)
-            self.schedules[steps] = (variant.prediction_type, torch.from_numpy(timesteps).to(self.device),
-                                     sampling.sigmas_for(timesteps, alphas_bar).tolist(), variant.guidance_scale if variant.guided else None)
+            self.schedules[steps] = (
+                variant.prediction_type,
+                torch.from_numpy(timesteps).to(self.device),
+                sampling.sigmas_for(timesteps, alphas_bar).tolist(),
+                variant.guidance_scale if variant.guided else None,
+            )
         compiled = {}  # LoRA variants share one UNet: compile each distinct module once
         for unet in model.unets.values():
             if id(unet) not in compiled:
@@ -213,8 +228,9 @@ class Engine:
         if self.check_finite and not torch.isfinite(tensor).all():
             bad = [i for i in range(len(tensor)) if not torch.isfinite(tensor[i]).all()]
             prompts = ", ".join(repr(batch[i].prompt[:40]) for i in bad)
-            raise NonFiniteOutput(f"the model produced NaN/Inf {what} for {len(bad)} of {len(batch)} request(s) ({prompts}); "
-                                  f"with fp16 try --dtype bfloat16, or check the weights")
+            raise NonFiniteOutput(
+                f"the model produced NaN/Inf {what} for {len(bad)} of {len(batch)} request(s) ({prompts}); with fp16 try --dtype bfloat16, or check the weights"
+            )
 
     # ---- start-up ---------------------------------------------------------------------------------------------
     def warmup(self, sizes=None, batch_sizes=(1,), vaes=None) -> float:

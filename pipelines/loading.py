@@ -47,9 +47,11 @@ def _how_to_get(repo: str, filename: str | None, error: Exception) -> str:
     what = f"{filename} from {repo}" if filename else f"the model {repo}"
     reason = (str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__).rstrip(".")
     target = f"{repo} {filename}" if filename else repo
-    return (f"cannot load {what}: {reason}. Get it on a machine with internet access with "
-            f"`hf download {target}` (and copy the Hugging Face cache here), unset HF_HUB_OFFLINE if "
-            f"this machine is online, or run offline with --model shapes (the embedded model).")
+    return (
+        f"cannot load {what}: {reason}. Get it on a machine with internet access with "
+        f"`hf download {target}` (and copy the Hugging Face cache here), unset HF_HUB_OFFLINE if "
+        f"this machine is online, or run offline with --model shapes (the embedded model)."
+    )
 
 
 def _from_hub_or_folder(loader, source: str, **kwargs):

@@ -16,8 +16,7 @@ LAST_RESORT = "tiny"  # built in code: starts even if the shipped shapes weights
 # SDXL was trained from 512 to 2048 px; the tiny model is only useful small, and cheap enough on a CPU.
 SIZE_LIMITS = {"tiny": (64, 1024)}
 DEFAULT_SIZE = {"tiny": 256}
-NO_CUDA = ("No CUDA GPU found, so the embedded shapes model runs on the CPU: {description}. "
-           "Start with --model lightning on a CUDA machine for SDXL-Lightning.")
+NO_CUDA = "No CUDA GPU found, so the embedded shapes model runs on the CPU: {description}. Start with --model lightning on a CUDA machine for SDXL-Lightning."
 
 
 FALLBACKS = {  # default model -> (what runs instead, the page's notice)
@@ -33,9 +32,18 @@ def default_model(device: torch.device) -> tuple[str, str | None]:
     return EMBEDDED_DEFAULT, NO_CUDA
 
 
-def load_engine(model: str | None = None, device: str | None = None, steps=None, backend: str = "eager",
-                preview_vae: str | None = None, dtype: str | None = None, base: str | None = None,
-                compile_cache: bool = True, check_finite: bool = True, compiler: str = "inductor") -> Engine:
+def load_engine(
+    model: str | None = None,
+    device: str | None = None,
+    steps=None,
+    backend: str = "eager",
+    preview_vae: str | None = None,
+    dtype: str | None = None,
+    base: str | None = None,
+    compile_cache: bool = True,
+    check_finite: bool = True,
+    compiler: str = "inductor",
+) -> Engine:
     """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup())."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -73,9 +81,17 @@ def _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache
         size_limits, default_size = (min(64, spec.resolution), 2 * spec.resolution), spec.resolution
     if notice:
         notice = notice.replace("{description}", spec.description or spec.name)
-    engine = Engine(loaded, backend, size_limits=size_limits, default_size=default_size,
-                    notice=notice, check_finite=check_finite, compiler=compiler, compile_cache=cache, compile_cache_loaded=cache_loaded)
+    engine = Engine(
+        loaded,
+        backend,
+        size_limits=size_limits,
+        default_size=default_size,
+        notice=notice,
+        check_finite=check_finite,
+        compiler=compiler,
+        compile_cache=cache,
+        compile_cache_loaded=cache_loaded,
+    )
     if preview_vae == "tiny":
         engine.default_vae = "tiny"
     return engine
-

@@ -55,8 +55,9 @@ def write_tokenizer(out_dir: Path, vocab: dict[str, int], merges: list[str], pad
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(pad_token), indent=1))
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "unk_token": SPECIAL_TOKENS[1], "pad_token": pad_token}))
+    (out_dir / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "unk_token": SPECIAL_TOKENS[1], "pad_token": pad_token})
+    )
 
 
 def main() -> None:

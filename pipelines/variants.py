@@ -165,8 +165,10 @@ def resolve(model: str, base: str | None = None, steps: tuple[int, ...] | None =
         return builtin(model)
     if model == "shapes":
         if not (SHAPES_FOLDER / MANIFEST_NAME).is_file():
-            raise WeightsUnavailable(f"the embedded shapes model is missing: {SHAPES_FOLDER / MANIFEST_NAME} does not exist "
-                                     "(a checkout of the repository has it; retrain with `python -m distill.shapes pretrain`)")
+            raise WeightsUnavailable(
+                f"the embedded shapes model is missing: {SHAPES_FOLDER / MANIFEST_NAME} does not exist "
+                "(a checkout of the repository has it; retrain with `python -m distill.shapes pretrain`)"
+            )
         return read_manifest(SHAPES_FOLDER)
     if model == "lightning":
         return lightning_unets(base or SDXL_BASE)
@@ -179,5 +181,4 @@ def resolve(model: str, base: str | None = None, steps: tuple[int, ...] | None =
         return ModelSpec(folder.name, str(folder), tuple(Variant(n) for n in (steps or (4,))))
     if folder.exists():
         raise InvalidModel(f"{folder} holds neither {MANIFEST_NAME} nor a diffusers model_index.json")
-    raise InvalidModel(
-        f"unknown model {model!r}: use shapes, tiny, random-sdxl, lightning, lightning-lora, or a local folder path")
+    raise InvalidModel(f"unknown model {model!r}: use shapes, tiny, random-sdxl, lightning, lightning-lora, or a local folder path")

@@ -32,8 +32,7 @@ async def serve(ws: WebSocket, studio) -> None:
     await ws.accept()
     if studio.connected >= studio.config.max_clients:
         studio.metrics.count("rejected_connections")
-        await ws.send_text(protocol.status(
-            "server_full", message=f"the server is full ({studio.config.max_clients} clients); try again later"))
+        await ws.send_text(protocol.status("server_full", message=f"the server is full ({studio.config.max_clients} clients); try again later"))
         await ws.close(code=1013)  # 1013: try again later
         return
     studio.connected += 1
@@ -63,8 +62,7 @@ class Connection:
                 try:
                     message = await asyncio.wait_for(self.ws.receive(), self.config.idle_timeout_s)
                 except asyncio.TimeoutError:
-                    await self._send_text(protocol.error(
-                        "idle_timeout", f"no message for {self.config.idle_timeout_s:g} s; reconnect to continue"))
+                    await self._send_text(protocol.error("idle_timeout", f"no message for {self.config.idle_timeout_s:g} s; reconnect to continue"))
                     await self.ws.close(code=1000)
                     return
                 if message["type"] == "websocket.disconnect":
@@ -81,9 +79,14 @@ class Connection:
     async def _handle(self, data) -> None:
         if not self.bucket.take(time.monotonic()):
             retry_ms = round(self.bucket.wait_s() * 1000)
-            await self._send_text(protocol.error(
-                "rate_limited", f"more than {self.config.rate:g} messages/s; this one was ignored, resend after {retry_ms} ms",
-                protocol.seq_of(data), retry_ms=retry_ms))
+            await self._send_text(
+                protocol.error(
+                    "rate_limited",
+                    f"more than {self.config.rate:g} messages/s; this one was ignored, resend after {retry_ms} ms",
+                    protocol.seq_of(data),
+                    retry_ms=retry_ms,
+                )
+            )
             return
         try:
             message = protocol.parse(data, self.studio.limits)
@@ -127,8 +130,16 @@ class Connection:
                 await self._send_text(protocol.error("generation_failed", error, job.seq))
                 return
             dispatched_ms = (time.perf_counter() - job.submitted_at) * 1000 - result.timings_ms.get("total", 0.0)
-            fields = dict(seq=job.seq, steps=job.key[0], width=job.key[1], height=job.key[2], timings_ms=result.timings_ms,
-                          queue_ms=max(0.0, dispatched_ms), dropped_tokens=result.dropped_tokens, batch_size=batch_size)
+            fields = dict(
+                seq=job.seq,
+                steps=job.key[0],
+                width=job.key[1],
+                height=job.key[2],
+                timings_ms=result.timings_ms,
+                queue_ms=max(0.0, dispatched_ms),
+                dropped_tokens=result.dropped_tokens,
+                batch_size=batch_size,
+            )
             frame, encode_ms = await self.loop.run_in_executor(self.studio.encoder_pool, build_frame, result.image, fields)
             if self.closed:
                 metrics.count("stale_dropped")

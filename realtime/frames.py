@@ -18,12 +18,18 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     return buf.getvalue()
 
 
-def frame_header(seq: int, steps: int, width: int, height: int, timings_ms: dict, queue_ms: float,
-                 encode_ms: float, dropped_tokens: int, batch_size: int) -> dict:
+def frame_header(
+    seq: int, steps: int, width: int, height: int, timings_ms: dict, queue_ms: float, encode_ms: float, dropped_tokens: int, batch_size: int
+) -> dict:
     return {
-        "seq": seq, "width": width, "height": height, "steps": steps,
+        "seq": seq,
+        "width": width,
+        "height": height,
+        "steps": steps,
         "timings_ms": {k: round(float(v), 2) for k, v in timings_ms.items()} | {"encode": round(encode_ms, 2)},
-        "queue_ms": round(queue_ms, 2), "dropped_tokens": dropped_tokens, "batch_size": batch_size,
+        "queue_ms": round(queue_ms, 2),
+        "dropped_tokens": dropped_tokens,
+        "batch_size": batch_size,
     }
 
 

@@ -30,8 +30,10 @@ import websockets
 
 from .protocol import unpack_frame
 
-WORDS = ("a quiet harbour at dawn with fishing boats mist over the water warm light soft focus painted in oils "
-         "by an old master detailed rigging gulls circling above the lighthouse").split()
+WORDS = (
+    "a quiet harbour at dawn with fishing boats mist over the water warm light soft focus painted in oils "
+    "by an old master detailed rigging gulls circling above the lighthouse"
+).split()
 
 
 @dataclass
@@ -97,8 +99,7 @@ async def run_client(index: int, args, window: dict, start_gate: asyncio.Event) 
                     break
                 seq += 1
                 log.sent_at[seq] = time.perf_counter()
-                await ws.send(json.dumps({"type": "generate", "seq": seq, "prompt": prompt, "seed": index,
-                                          "steps": steps, "width": size, "height": size}))
+                await ws.send(json.dumps({"type": "generate", "seq": seq, "prompt": prompt, "seed": index, "steps": steps, "width": size, "height": size}))
                 await asyncio.sleep(1 / args.rate)
             log.final_seq = seq
             if log.last_drawn >= seq:
@@ -139,10 +140,13 @@ def summarize(logs: list[ClientLog], started: float) -> dict:
     frames = sum(len(log.frames) for log in logs)
     last = max((t for log in logs for _, t in log.frames), default=started)
     return {
-        "clients": len(logs), "keystrokes": sent, "frames": frames,
+        "clients": len(logs),
+        "keystrokes": sent,
+        "frames": frames,
         "fps": round(frames / (last - started), 2) if last > started else None,
         "elapsed_s": round(last - started, 1),
-        "key_to_frame_ms": _pct(key_to_frame), "frame_latency_ms": _pct(frame_latency),
+        "key_to_frame_ms": _pct(key_to_frame),
+        "frame_latency_ms": _pct(frame_latency),
         "superseded": sent - frames - sum(sum(log.errors.values()) for log in logs),
         "stale_dropped": sum(log.stale_dropped for log in logs),
         "lost_final_updates": sum(1 for log in logs if log.final_seq and not log.final_received) + sum(1 for log in logs if log.failed),
@@ -197,12 +201,18 @@ async def main_async(args) -> dict:
     logs = await asyncio.gather(*tasks)
     after = server_metrics(args.url)
     result = summarize(logs, started)
-    result |= {"url": args.url, "rate": args.rate, "seconds": args.seconds, "steps": args.steps, "size": args.size,
-               "server_rss_mb_before": before and before.get("process_rss_mb"),
-               "server_rss_mb_after": after and after.get("process_rss_mb"),
-               "server_mean_batch_size": after and after.get("mean_batch_size"),
-               "server_latency_ms": after and after.get("latency_ms"),
-               "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    result |= {
+        "url": args.url,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "steps": args.steps,
+        "size": args.size,
+        "server_rss_mb_before": before and before.get("process_rss_mb"),
+        "server_rss_mb_after": after and after.get("process_rss_mb"),
+        "server_mean_batch_size": after and after.get("mean_batch_size"),
+        "server_latency_ms": after and after.get("latency_ms"),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
     return result
 
 

@@ -73,7 +73,7 @@ def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
     except (ValueError, RecursionError) as e:
         raise ProtocolError("bad_json", f"message is not valid JSON: {e}") from None
     if not isinstance(msg, dict):
-        raise ProtocolError("bad_message", "a message must be a JSON object with a \"type\" field")
+        raise ProtocolError("bad_message", 'a message must be a JSON object with a "type" field')
     kind = msg.get("type")
     if kind == "hello":
         _no_unknown(msg, HELLO_FIELDS, None)
@@ -87,21 +87,21 @@ def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
         seq = _int(msg, "seq", seq, 0, MAX_SEQ)
         prompt = msg.get("prompt")
         if not isinstance(prompt, str):
-            raise ProtocolError("bad_type", "\"prompt\" must be a string", seq)
+            raise ProtocolError("bad_type", '"prompt" must be a string', seq)
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise ProtocolError("out_of_range", f"\"prompt\" is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}", seq)
+            raise ProtocolError("out_of_range", f'"prompt" is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}', seq)
         try:  # JSON's \ud800 escapes can carry lone surrogates, which are not text and break the tokenizer
             prompt.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ProtocolError("invalid_text", f"\"prompt\" is not valid Unicode text (a lone surrogate at character {e.start})", seq) from None
+            raise ProtocolError("invalid_text", f'"prompt" is not valid Unicode text (a lone surrogate at character {e.start})', seq) from None
         seed = _int(msg, "seed", seq, 0, MAX_SEED)
         steps = _int(msg, "steps", seq)
         if steps not in limits.steps:
-            raise ProtocolError("out_of_range", f"\"steps\" must be one of the loaded variants {list(limits.steps)}, got {steps}", seq)
+            raise ProtocolError("out_of_range", f'"steps" must be one of the loaded variants {list(limits.steps)}, got {steps}', seq)
         width = _side(msg, "width", seq, limits)
         height = _side(msg, "height", seq, limits)
         return Generate(seq, prompt, seed, steps, width, height)
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected \"hello\" or \"generate\"")
+    raise ProtocolError("unknown_type", f'unknown message type {kind!r}; expected "hello" or "generate"')
 
 
 def _is_int(value) -> bool:
@@ -110,19 +110,19 @@ def _is_int(value) -> bool:
 
 def _int(msg: dict, name: str, seq, low: int | None = None, high: int | None = None) -> int:
     if name not in msg:
-        raise ProtocolError("missing_field", f"\"{name}\" is required", seq)
+        raise ProtocolError("missing_field", f'"{name}" is required', seq)
     value = msg[name]
     if not _is_int(value):
-        raise ProtocolError("bad_type", f"\"{name}\" must be an integer, got {json.dumps(value)[:40]}", seq)
+        raise ProtocolError("bad_type", f'"{name}" must be an integer, got {json.dumps(value)[:40]}', seq)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ProtocolError("out_of_range", f"\"{name}\" must be between {low} and {high}, got {value}", seq)
+        raise ProtocolError("out_of_range", f'"{name}" must be between {low} and {high}, got {value}', seq)
     return value
 
 
 def _side(msg: dict, name: str, seq, limits: Limits) -> int:
     value = _int(msg, name, seq, limits.min_side, limits.max_side)
     if value % limits.multiple:
-        raise ProtocolError("out_of_range", f"\"{name}\" must be a multiple of {limits.multiple}, got {value}", seq)
+        raise ProtocolError("out_of_range", f'"{name}" must be a multiple of {limits.multiple}, got {value}', seq)
     return value
 
 

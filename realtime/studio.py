@@ -49,9 +49,15 @@ class Studio:
         size = config.warm_size or engine.default_size
         # Warm the stream's decoder and the full VAE (Compare steps uses it), at the size the UI starts with.
         vaes = tuple(dict.fromkeys([config.preview_vae or getattr(engine, "default_vae", None) or "full", "full"]))
-        self.worker = Worker(engine, config.max_batch, config.preview_vae, self.metrics,
-                             warm_sizes=((size, size),) if config.warm else (),
-                             warm_batch_sizes=config.warm_batch_sizes, warm_vaes=vaes)
+        self.worker = Worker(
+            engine,
+            config.max_batch,
+            config.preview_vae,
+            self.metrics,
+            warm_sizes=((size, size),) if config.warm else (),
+            warm_batch_sizes=config.warm_batch_sizes,
+            warm_vaes=vaes,
+        )
         self.encoder_pool = ThreadPoolExecutor(config.encoder_threads, thread_name_prefix="jpeg")
         self.connected = 0  # only touched on the event loop
         self.notice = describe_model(engine)
@@ -66,18 +72,25 @@ class Studio:
 
     def info(self) -> dict:
         return {
-            "model": self.engine.model_name, "variants": list(self.engine.steps), "live_steps": self.engine.live_steps,
+            "model": self.engine.model_name,
+            "variants": list(self.engine.steps),
+            "live_steps": self.engine.live_steps,
             "device": str(self.engine.device),
-            "backend": self.engine.backend, "size_limits": list(self.engine.size_limits),
-            "default_size": self.engine.default_size, "notice": self.notice, "max_batch": self.config.max_batch,
+            "backend": self.engine.backend,
+            "size_limits": list(self.engine.size_limits),
+            "default_size": self.engine.default_size,
+            "notice": self.notice,
+            "max_batch": self.config.max_batch,
             "protocol_version": 1,
         }
 
     def health(self) -> tuple[int, dict]:
         """(HTTP status, body): 200 only once the model is loaded and warm."""
         seconds = self.worker.warmup_seconds
-        body = self.info() | {"warm": self.worker.ready and not self.worker.warmup_error,
-                              "warmup_seconds": None if seconds is None or math.isnan(seconds) else round(seconds, 3)}
+        body = self.info() | {
+            "warm": self.worker.ready and not self.worker.warmup_error,
+            "warmup_seconds": None if seconds is None or math.isnan(seconds) else round(seconds, 3),
+        }
         if self.worker.warmup_error:
             body["error"] = self.worker.warmup_error
         return (200 if body["warm"] else 503), body

@@ -21,8 +21,7 @@ from .protocol import MAX_SEED
 
 WEB = Path(__file__).resolve().parent.parent / "assets" / "web"
 _VERSION = str(int(max(p.stat().st_mtime for p in WEB.iterdir())))  # cache-busts the assets when they change
-HEAD = (f'<link rel="stylesheet" href="/studio-assets/studio.css?v={_VERSION}">'
-        f'<script src="/studio-assets/studio.js?v={_VERSION}" defer></script>')
+HEAD = f'<link rel="stylesheet" href="/studio-assets/studio.css?v={_VERSION}"><script src="/studio-assets/studio.js?v={_VERSION}" defer></script>'
 SIDES = (128, 256, 384, 512, 640, 768, 1024, 1536, 2048)
 
 
@@ -34,10 +33,12 @@ def size_choices(engine) -> list[int]:
 def live_html(studio) -> str:
     size = studio.engine.default_size
     config = studio.info() | {"ws_path": "ws", "size": size}
-    return (f'<div id="studio-root" data-config="{html.escape(json.dumps(config))}" data-seq="-1" data-state="connecting">'
-            f'<div class="studio-stage"><canvas id="live-canvas" width="{size}" height="{size}" data-seq="-1"></canvas>'
-            f'<div id="studio-hud">connecting…</div></div>'
-            f'<div id="studio-message" role="status"></div></div>')
+    return (
+        f'<div id="studio-root" data-config="{html.escape(json.dumps(config))}" data-seq="-1" data-state="connecting">'
+        f'<div class="studio-stage"><canvas id="live-canvas" width="{size}" height="{size}" data-seq="-1"></canvas>'
+        f'<div id="studio-hud">connecting…</div></div>'
+        f'<div id="studio-message" role="status"></div></div>'
+    )
 
 
 def _steps_label(steps: int, guidance: float | None = None) -> str:
@@ -52,15 +53,20 @@ def build_blocks(studio) -> gr.Blocks:
         gr.Markdown(f"## Lightning studio\n{studio.notice}", elem_id="notice")
         with gr.Row():
             with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt (renders as you type)", elem_id="prompt", lines=2,
-                                    placeholder=engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light")
+                prompt = gr.Textbox(
+                    label="Prompt (renders as you type)",
+                    elem_id="prompt",
+                    lines=2,
+                    placeholder=engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light",
+                )
                 if engine.examples:
                     with gr.Row(elem_id="examples"):
                         gr.Markdown("Try:")
                         for example in engine.examples:
                             # Typed into the box as if by the user, so the live stream and Gradio both see it.
                             gr.Button(example, size="sm", scale=0, elem_classes="example").click(
-                                None, js=f"() => window.studio && window.studio.setPrompt({json.dumps(example)})")
+                                None, js=f"() => window.studio && window.studio.setPrompt({json.dumps(example)})"
+                            )
                 if studio.config.gradio_events:
                     live = gr.Image(label="Live", elem_id="live-gradio", interactive=False, format="jpeg")
                     hud = gr.Markdown(elem_id="gradio-hud")
@@ -75,13 +81,13 @@ def build_blocks(studio) -> gr.Blocks:
             with gr.Column(scale=2):
                 gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
                 compare = gr.Button("Compare steps", elem_id="compare", variant="primary")
-                gallery = gr.Gallery(label="Same prompt and seed; only the step count differs", elem_id="compare-gallery",
-                                     columns=2, height="auto", format="jpeg")
+                gallery = gr.Gallery(
+                    label="Same prompt and seed; only the step count differs", elem_id="compare-gallery", columns=2, height="auto", format="jpeg"
+                )
                 latency = gr.Markdown(elem_id="compare-latency")
 
         randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
-        compare.click(lambda p, s, z: compare_steps(studio, p, s, z), [prompt, seed, size], [gallery, latency],
-                      concurrency_limit=1)
+        compare.click(lambda p, s, z: compare_steps(studio, p, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
         if studio.config.gradio_events:
             render = _gradio_renderer(studio)
             for event in (prompt.input, seed.change, steps.change, size.change):
@@ -112,8 +118,7 @@ def compare_steps(studio, prompt, seed, size):
         raise gr.Error(str(e)) from None
     items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
     rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
-    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |"
-             for r in results]
+    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |" for r in results]
     return items, "\n".join(rows)
 
 
@@ -123,6 +128,7 @@ def _gradio_renderer(studio):
     On ZeroGPU Spaces the GPU exists only inside a @spaces.GPU function, so there the engine is called directly
     (ZeroGPU serialises those calls); everywhere else the call goes through the single GPU worker.
     """
+
     def run(requests):
         return studio.worker.run(requests, vae=studio.config.preview_vae)
 

@@ -24,8 +24,16 @@ Answer = Callable[[Job, object, str | None, int], None]
 
 
 class Worker:
-    def __init__(self, engine, max_batch: int = 4, vae: str | None = None, metrics: Metrics | None = None,
-                 warm_sizes: tuple = (), warm_batch_sizes: tuple = (1,), warm_vaes: tuple | None = None):
+    def __init__(
+        self,
+        engine,
+        max_batch: int = 4,
+        vae: str | None = None,
+        metrics: Metrics | None = None,
+        warm_sizes: tuple = (),
+        warm_batch_sizes: tuple = (1,),
+        warm_vaes: tuple | None = None,
+    ):
         self.engine = engine
         self.vae = vae
         self.metrics = metrics or Metrics()
@@ -85,8 +93,13 @@ class Worker:
 
     def queue_depth(self) -> dict:
         with self._cond:
-            return {"pending": self.scheduler.pending, "in_flight": self.scheduler.in_flight,
-                    "jobs": len(self._jobs), "clients": self.scheduler.clients, "superseded": self.scheduler.superseded}
+            return {
+                "pending": self.scheduler.pending,
+                "in_flight": self.scheduler.in_flight,
+                "jobs": len(self._jobs),
+                "clients": self.scheduler.clients,
+                "superseded": self.scheduler.superseded,
+            }
 
     # --- blocking jobs (called from Gradio's handler threads, never from the event loop) ----------------------
     def run(self, requests: list, vae: str | None = None, timeout: float | None = None) -> list:

@@ -13,8 +13,7 @@ def test_generate_writes_a_png_with_its_metadata(tmp_path, capsys):
     assert main(["generate", "a red fox in snow", "--model", "tiny", "--steps", "2", "--seed", "3", "--size", "64", "--out", str(out)]) == 0
     image = Image.open(out)
     assert image.size == (64, 64) and image.mode == "RGB"
-    assert {k: image.text[k] for k in ("prompt", "seed", "steps", "model")} == {
-        "prompt": "a red fox in snow", "seed": "3", "steps": "2", "model": "tiny"}
+    assert {k: image.text[k] for k in ("prompt", "seed", "steps", "model")} == {"prompt": "a red fox in snow", "seed": "3", "steps": "2", "model": "tiny"}
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -23,12 +22,15 @@ def test_generate_reports_truncation(tmp_path, capsys):
     assert "15 tokens were cut off" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "3"], "not [3]"),
-    (["--size", "100"], "width must be a multiple of 8"),
-    (["--seed", "-4"], "seed must be an integer"),
-    (["--model", "no/such/folder"], "unknown model 'no/such/folder'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "3"], "not [3]"),
+        (["--size", "100"], "width must be a multiple of 8"),
+        (["--seed", "-4"], "seed must be an integer"),
+        (["--model", "no/such/folder"], "unknown model 'no/such/folder'"),
+    ],
+)
 def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, argv, message):
     code = main(["generate", "x", "--model", "tiny", "--out", str(tmp_path / "x.png"), *argv])
     err = capsys.readouterr().err
@@ -38,8 +40,9 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, argv, mes
 
 def test_offline_lightning_is_a_message_not_a_stack_trace(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "pipelines", "generate", "x", "--model", "lightning", "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "generate", "x", "--model", "lightning", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 2
     assert "sdxl_lightning_1step_unet_x0.safetensors from ByteDance/SDXL-Lightning" in done.stderr
     assert "Traceback" not in done.stderr
@@ -54,8 +57,35 @@ def test_help_explains_models_and_examples(capsys):
 
 def test_bench_on_tiny_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", "tiny", "--device", "cpu", "--size", "64", "--steps", "1", "2", "--batch", "1", "2",
-                 "--vae", "full", "tiny", "--repeats", "1", "--warmup", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "tiny",
+                "--device",
+                "cpu",
+                "--size",
+                "64",
+                "--steps",
+                "1",
+                "2",
+                "--batch",
+                "1",
+                "2",
+                "--vae",
+                "full",
+                "tiny",
+                "--repeats",
+                "1",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert set(report) >= {"device", "torch", "results"}
     assert len(report["results"]) == 2 * 2 * 2
@@ -65,6 +95,5 @@ def test_bench_on_tiny_writes_the_documented_json(tmp_path, capsys):
         assert set(row["stages_ms"]) == {"text", "denoise", "decode", "total"}
         assert row["speedup"] == pytest.approx(row["stock_ms"] / row["engine_ms"])
         assert row["unet_tflop"] > 0 and row["decode_tflop"] > 0
-    assert {(r["steps"], r["batch"], r["vae"]) for r in report["results"]} == {
-        (s, b, v) for s in (1, 2) for b in (1, 2) for v in ("full", "tiny")}
+    assert {(r["steps"], r["batch"], r["vae"]) for r in report["results"]} == {(s, b, v) for s in (1, 2) for b in (1, 2) for v in ("full", "tiny")}
     assert "speedup" in capsys.readouterr().out

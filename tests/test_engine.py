@@ -69,18 +69,21 @@ def test_long_prompt_is_truncated_and_says_how_much(tiny_engine):
     assert tiny_engine.count_tokens("a cat") == (4, 0)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(prompt=42), "prompt must be a string"),
-    (dict(prompt=None), "prompt must be a string"),
-    (dict(steps=3), "steps=3 is not loaded; this model offers 1, 2, 4, 8"),
-    (dict(steps="2"), "steps='2' is not loaded"),
-    (dict(width=70), "width must be a multiple of 8"),
-    (dict(height=8), "height must be a multiple of 8 between 64"),
-    (dict(width=4096), "width must be a multiple of 8 between 64 and 1024"),
-    (dict(seed=-1), "seed must be an integer"),
-    (dict(seed=2**64), "seed must be an integer"),
-    (dict(seed=1.5), "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(prompt=42), "prompt must be a string"),
+        (dict(prompt=None), "prompt must be a string"),
+        (dict(steps=3), "steps=3 is not loaded; this model offers 1, 2, 4, 8"),
+        (dict(steps="2"), "steps='2' is not loaded"),
+        (dict(width=70), "width must be a multiple of 8"),
+        (dict(height=8), "height must be a multiple of 8 between 64"),
+        (dict(width=4096), "width must be a multiple of 8 between 64 and 1024"),
+        (dict(seed=-1), "seed must be an integer"),
+        (dict(seed=2**64), "seed must be an integer"),
+        (dict(seed=1.5), "seed must be an integer"),
+    ],
+)
 def test_bad_requests_are_refused_clearly(tiny_engine, bad, message):
     with pytest.raises(InvalidRequest, match=message.replace("(", r"\(")):
         tiny_engine.generate([request(**bad)])

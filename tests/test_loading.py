@@ -43,8 +43,9 @@ def test_lora_variant_matches_stock_pipeline_with_load_lora_weights(lora_model):
     pipe = StableDiffusionXLPipeline(**parts)
     pipe.load_lora_weights(str(lora_model / "lora.safetensors"))
     pipe.scheduler = variants.Variant(2).scheduler(pipe.scheduler.config)
-    stock = pipe("a cat", num_inference_steps=2, guidance_scale=0.0, height=SIZE, width=SIZE,
-                 generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    stock = pipe(
+        "a cat", num_inference_steps=2, guidance_scale=0.0, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(5), output_type="np"
+    ).images[0]
     np.testing.assert_allclose(ours, stock, atol=1e-4)
 
 
@@ -78,10 +79,13 @@ def test_manifest_naming_missing_weights_says_which(tmp_path):
         load_engine(str(tmp_path), device="cpu")
 
 
-@pytest.mark.parametrize("model, repo, filename", [
-    ("lightning", "ByteDance/SDXL-Lightning", "sdxl_lightning_1step_unet_x0.safetensors"),
-    ("lightning-lora", "ByteDance/SDXL-Lightning", "sdxl_lightning_2step_lora.safetensors"),
-])
+@pytest.mark.parametrize(
+    "model, repo, filename",
+    [
+        ("lightning", "ByteDance/SDXL-Lightning", "sdxl_lightning_1step_unet_x0.safetensors"),
+        ("lightning-lora", "ByteDance/SDXL-Lightning", "sdxl_lightning_2step_lora.safetensors"),
+    ],
+)
 def test_offline_without_cache_names_repo_file_and_remedy(monkeypatch, tmp_path, model, repo, filename):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))

@@ -42,8 +42,7 @@ def test_unknown_model_and_bad_variant_fields_are_refused(tmp_path):
 
 
 def test_manifest_round_trip(tmp_path):
-    written = [variants.Variant(2, "epsilon", unet_dir="unet_2step", source_stage="4->2"),
-               variants.Variant(1, "sample", lora_file="lora_1step.safetensors")]
+    written = [variants.Variant(2, "epsilon", unet_dir="unet_2step", source_stage="4->2"), variants.Variant(1, "sample", lora_file="lora_1step.safetensors")]
     variants.write_manifest(tmp_path, "tiny", written, note="test")
     spec = variants.resolve(str(tmp_path))
     assert spec.base == "tiny" and spec.root == str(tmp_path)
@@ -51,8 +50,7 @@ def test_manifest_round_trip(tmp_path):
 
 
 def test_manifest_with_unknown_keys_is_refused(tmp_path):
-    (tmp_path / variants.MANIFEST_NAME).write_text(
-        '{"format": "lightning-studio/1", "base_model": "tiny", "variants": [{"steps": 2, "shedule": "x"}]}')
+    (tmp_path / variants.MANIFEST_NAME).write_text('{"format": "lightning-studio/1", "base_model": "tiny", "variants": [{"steps": 2, "shedule": "x"}]}')
     with pytest.raises(InvalidModel, match="unknown variant keys"):
         variants.resolve(str(tmp_path))
 

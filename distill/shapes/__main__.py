@@ -19,8 +19,12 @@ docs: docs/shapes.md"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distill.shapes", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="The shapes world: a captioned world small enough to train SDXL's recipe on a CPU.")
+    parser = argparse.ArgumentParser(
+        prog="python -m distill.shapes",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The shapes world: a captioned world small enough to train SDXL's recipe on a CPU.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("pretrain", help="train the judge, the autoencoders and the base UNet (resumable)")
     pre.add_argument("--config", type=Path, required=True)
@@ -32,21 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
 
     students = sub.add_parser("ship-students", help="serve step counts of the embedded model with distilled students (fp16)")
-    students.add_argument("--student", dest="students", action="append", default=[], metavar="STEPS=EXPORT_DIR",
-                          help="this step count is served by that `distill export` folder's student (repeat; none: the base serves all)")
+    students.add_argument(
+        "--student",
+        dest="students",
+        action="append",
+        default=[],
+        metavar="STEPS=EXPORT_DIR",
+        help="this step count is served by that `distill export` folder's student (repeat; none: the base serves all)",
+    )
     students.add_argument("--live-steps", type=int, required=True, help="the variant the live stream types with")
     students.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
 
     render = sub.add_parser("render", help="write training scenes as name.png + name.txt (a `distill` data folder)")
     render.add_argument("--out", type=Path, required=True)
     render.add_argument("--count", type=int, required=True, help="how many scenes (the first N training scenes)")
-    render.add_argument("--config", type=Path, default=Path("distill/configs/shapes_pretrain.toml"),
-                        help="the pre-training config whose world (seed, resolution) to render")
+    render.add_argument(
+        "--config", type=Path, default=Path("distill/configs/shapes_pretrain.toml"), help="the pre-training config whose world (seed, resolution) to render"
+    )
     render.add_argument("--caption-seed", type=int, default=0, help="seed of the caption phrasing drawn for each scene")
 
     cmp = sub.add_parser("compare", help="one table (and grid) across models and step counts, same prompts and seeds")
-    cmp.add_argument("--row", dest="rows", action="append", required=True, metavar="LABEL=MODEL:STEPS[,STEPS]",
-                     help="MODEL: anything --model takes, lora-phases:RUN_DIR or from-base:EXPORT_DIR (see distill/shapes/compare.py)")
+    cmp.add_argument(
+        "--row",
+        dest="rows",
+        action="append",
+        required=True,
+        metavar="LABEL=MODEL:STEPS[,STEPS]",
+        help="MODEL: anything --model takes, lora-phases:RUN_DIR or from-base:EXPORT_DIR (see distill/shapes/compare.py)",
+    )
     cmp.add_argument("--json", type=Path, required=True)
     cmp.add_argument("--grid", type=Path, default=None)
     cmp.add_argument("--per-group", type=int, default=32)

@@ -14,8 +14,11 @@ COLOUR_WORDS = {"gray": ("gray", "grey"), "purple": ("purple", "violet")}
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 BACKGROUND_WORDS = {"gray": ("gray", "grey"), "light blue": ("light blue", "pale blue")}
 PLACE_PHRASES = {  # how a place follows an object ("a red circle on the left")
-    "left": ("on the left", "at the left", "to the left"), "right": ("on the right", "at the right", "to the right"),
-    "top": ("at the top",), "bottom": ("at the bottom",), "center": ("in the center", "in the middle", "at the center"),
+    "left": ("on the left", "at the left", "to the left"),
+    "right": ("on the right", "at the right", "to the right"),
+    "top": ("at the top",),
+    "bottom": ("at the bottom",),
+    "center": ("in the center", "in the middle", "at the center"),
 }
 CORNER_PHRASES = ("at the {}", "in the {} corner")
 
@@ -56,8 +59,7 @@ def _place(rng: random.Random, position: str) -> str:
 
 
 def _background(rng: random.Random, background: str) -> str:
-    return _usual(rng, ("on a {} background", "against a {} background", "with a {} background")).format(
-        _word(rng, BACKGROUND_WORDS, background))
+    return _usual(rng, ("on a {} background", "against a {} background", "with a {} background")).format(_word(rng, BACKGROUND_WORDS, background))
 
 
 def _noun_phrase(rng: random.Random, obj: ShapeObject, spec: ObjectSpec) -> str:

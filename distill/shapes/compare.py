@@ -28,7 +28,7 @@ class Row:
 
 
 def parse_row(text: str) -> Row:
-    """"MSE=runs/exports/mse:8,4,2,1" -> Row("MSE", "runs/exports/mse", (8, 4, 2, 1))."""
+    """ "MSE=runs/exports/mse:8,4,2,1" -> Row("MSE", "runs/exports/mse", (8, 4, 2, 1))."""
     label, sep, rest = text.partition("=")
     model, sep2, steps = rest.rpartition(":")
     try:

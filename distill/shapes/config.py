@@ -105,9 +105,14 @@ class PretrainConfig:
 
     def section(self, name: str) -> dict:
         """What a part's checkpoints must agree with: its own section, the world and the parts it builds on."""
-        needs = {"judge": ("world", "judge"), "vae": ("world", "vae"), "decoder": ("world", "vae", "decoder"),
-                 "vae_tiny": ("world", "vae", "decoder", "vae_tiny"), "latents": ("world", "vae"),
-                 "unet": ("world", "vae", "text", "unet")}[name]
+        needs = {
+            "judge": ("world", "judge"),
+            "vae": ("world", "vae"),
+            "decoder": ("world", "vae", "decoder"),
+            "vae_tiny": ("world", "vae", "decoder", "vae_tiny"),
+            "latents": ("world", "vae"),
+            "unet": ("world", "vae", "text", "unet"),
+        }[name]
         data = asdict(self)
         return {key: data[key] for key in needs} | {"seed": self.train.seed}
 
@@ -133,8 +138,11 @@ def validate(c: PretrainConfig) -> None:
     _check(c.world.resolution % 32 == 0 and c.world.resolution >= 64, "world.resolution", "must be a multiple of 32, at least 64")
     _check(len(c.vae.block_out_channels) == 4, "vae.block_out_channels", "needs four levels (SDXL's 8x downscale)")
     _check(c.vae.crop % 8 == 0 and 16 <= c.vae.crop <= c.world.resolution, "vae.crop", "must be a multiple of 8 within the resolution")
-    _check(len(c.vae_tiny.encoder_block_out_channels) == 4 and len(c.vae_tiny.decoder_block_out_channels) == 4,
-           "vae_tiny.encoder_block_out_channels", "AutoencoderTiny needs four levels (8x)")
+    _check(
+        len(c.vae_tiny.encoder_block_out_channels) == 4 and len(c.vae_tiny.decoder_block_out_channels) == 4,
+        "vae_tiny.encoder_block_out_channels",
+        "AutoencoderTiny needs four levels (8x)",
+    )
     n = len(c.unet.block_out_channels)
     for key in ("transformer_layers_per_block", "attention_head_dim"):
         _check(len(getattr(c.unet, key)) == n, f"unet.{key}", f"needs {n} entries (one per block)")

@@ -38,7 +38,7 @@ def random_crops(x: torch.Tensor, size: int, generator: torch.Generator, *others
     """The same random size x size window of each sample of x (and of `others`), on the 8-pixel latent grid."""
     cells = (x.shape[-1] - size) // 8 + 1
     top, left = (8 * torch.randint(cells, (2, len(x)), generator=generator)).tolist()
-    crop = lambda t: torch.stack([t[i, :, a:a + size, b:b + size] for i, (a, b) in enumerate(zip(top, left))])
+    crop = lambda t: torch.stack([t[i, :, a : a + size, b : b + size] for i, (a, b) in enumerate(zip(top, left))])
     return (crop(x), *(crop(o) for o in others))
 
 
@@ -46,8 +46,7 @@ def captions_for(indices, seed: int, rng: random.Random) -> list[str]:
     return [caption(training_scene(seed, i), rng)[0] for i in indices]
 
 
-def training_crops(seed: int, scenes: int, resolution: int, batch_size: int, crop: int, generator: torch.Generator,
-                   with_mask: bool = False):
+def training_crops(seed: int, scenes: int, resolution: int, batch_size: int, crop: int, generator: torch.Generator, with_mask: bool = False):
     """A batch of random training scenes, rendered and cropped (the autoencoders train on crops): x or (x, mask)."""
     indices = torch.randint(scenes, (batch_size,), generator=generator).tolist()
     rendered = images([training_scene(seed, k) for k in indices], resolution, with_mask=with_mask)

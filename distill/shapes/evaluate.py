@@ -66,7 +66,7 @@ def generate(engine, prompts: list[Prompt], seeds: list[int], steps: int, resolu
     engine.generate(requests[:1])  # warm caches and allocator before timing
     images, began = [], time.perf_counter()
     for i in range(0, len(requests), batch_size):
-        images += [r.image for r in engine.generate(requests[i:i + batch_size])]
+        images += [r.image for r in engine.generate(requests[i : i + batch_size])]
     return np.stack(images), (time.perf_counter() - began) * 1000 / len(requests)
 
 
@@ -109,8 +109,12 @@ def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, re
         idx = np.flatnonzero(mask)
         return metrics.report(pick(pred), pick(pred_real), images[idx], real[idx], [specs[i] for i in idx], [names[i] for i in idx])
 
-    result = {"images": len(images), "prompts_per_group": len(prompts) // len(GROUPS), "seeds_per_prompt": len(seeds),
-              "all": subset(np.ones(len(images), bool))}
+    result = {
+        "images": len(images),
+        "prompts_per_group": len(prompts) // len(GROUPS),
+        "seeds_per_prompt": len(seeds),
+        "all": subset(np.ones(len(images), bool)),
+    }
     result["all"]["frechet_floor_real_vs_real"] = metrics.frechet_distance(pred_again["features"].numpy(), pred_real["features"].numpy())
     for g in GROUPS:
         result[g] = subset(group_of == g)
@@ -121,10 +125,18 @@ def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, re
 def summary_row(result: dict) -> dict:
     """The table's columns for one evaluated model."""
     a = result["all"]
-    return {"single": result["single"]["adherence"]["all"], "two": result["two"]["adherence"]["all"], "held_out": result["held_out"]["adherence"]["all"],
-            "frechet": a["frechet_distance"], "frechet_floor": a["frechet_floor_real_vs_real"], "sharpness": a["sharpness"],
-            "diversity": a["diversity"], "colour_bias": a["mean_colour_bias"], "count_errors": a["count_error"],
-            "cpu_ms_per_image": result["cpu_ms_per_image"]}
+    return {
+        "single": result["single"]["adherence"]["all"],
+        "two": result["two"]["adherence"]["all"],
+        "held_out": result["held_out"]["adherence"]["all"],
+        "frechet": a["frechet_distance"],
+        "frechet_floor": a["frechet_floor_real_vs_real"],
+        "sharpness": a["sharpness"],
+        "diversity": a["diversity"],
+        "colour_bias": a["mean_colour_bias"],
+        "count_errors": a["count_error"],
+        "cpu_ms_per_image": result["cpu_ms_per_image"],
+    }
 
 
 def write_json(results: list[dict], path: Path, model: str) -> None:
@@ -134,10 +146,18 @@ def write_json(results: list[dict], path: Path, model: str) -> None:
     Path(path).write_text(json.dumps({"rows": rows}, indent=1))
 
 
-COLUMNS = (("single", "single", "{:.0%}"), ("two", "two-object", "{:.0%}"), ("held_out", "held-out pairs", "{:.0%}"),
-           ("frechet", "Fréchet", "{:.0f}"), ("frechet_floor", "(floor)", "{:.0f}"), ("sharpness", "sharpness", "{:.2f}"),
-           ("diversity", "diversity", "{:.2f}"), ("colour_bias", "colour bias", "{:.1f}"), ("count_errors", "count errors", "{:.0%}"),
-           ("cpu_ms_per_image", "CPU ms/image", "{:.0f}"))
+COLUMNS = (
+    ("single", "single", "{:.0%}"),
+    ("two", "two-object", "{:.0%}"),
+    ("held_out", "held-out pairs", "{:.0%}"),
+    ("frechet", "Fréchet", "{:.0f}"),
+    ("frechet_floor", "(floor)", "{:.0f}"),
+    ("sharpness", "sharpness", "{:.2f}"),
+    ("diversity", "diversity", "{:.2f}"),
+    ("colour_bias", "colour bias", "{:.1f}"),
+    ("count_errors", "count errors", "{:.0%}"),
+    ("cpu_ms_per_image", "CPU ms/image", "{:.0f}"),
+)
 
 
 def markdown_table(results: list[dict], model: str) -> str:

@@ -32,8 +32,7 @@ class Judge(nn.Module):
         self.resolution = resolution
         # A 4x4 patchify stem keeps every pixel's colour at a quarter of the cost of full-resolution convs (CPU
         # training budget), then stride-2 levels down to a 4x4 map whose flattened cells keep "where".
-        layers = [nn.Conv2d(3, 32, 4, stride=4), nn.BatchNorm2d(32), nn.SiLU(),
-                  nn.Conv2d(32, 48, 3, padding=1), nn.BatchNorm2d(48), nn.SiLU()]
+        layers = [nn.Conv2d(3, 32, 4, stride=4), nn.BatchNorm2d(32), nn.SiLU(), nn.Conv2d(32, 48, 3, padding=1), nn.BatchNorm2d(48), nn.SiLU()]
         c_in, size = 48, resolution // 4
         for c, extra in ((96, True), (128, False), (128, False)):
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.SiLU()]
@@ -63,8 +62,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def labels(scenes) -> dict[str, torch.Tensor]:
     """Targets from scenes; -100 (ignored) for slots a scene does not fill and for objects of 3-object scenes."""
-    out = {"count": torch.tensor([len(s.objects) for s in scenes]),
-           "background": torch.tensor([list(BACKGROUNDS).index(s.background) for s in scenes])}
+    out = {"count": torch.tensor([len(s.objects) for s in scenes]), "background": torch.tensor([list(BACKGROUNDS).index(s.background) for s in scenes])}
     for name, values in HEADS.items():
         target = torch.full((len(scenes), SLOTS), -100)
         for i, scene in enumerate(scenes):
@@ -95,7 +93,7 @@ def loss(out: dict, target: dict) -> torch.Tensor:
 def predict(judge: Judge, images: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """Class indices per attribute (slot attributes (B, SLOTS)) and features (B, FEATURES), in eval mode."""
     judge.eval()
-    parts = [judge(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    parts = [judge(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return {k: (v if k == "features" else v.argmax(-1)) for k, v in out.items()}
 
@@ -116,8 +114,7 @@ def held_out_renders(n: int, resolution: int, seed: int = 10_000_019):
 
 
 def save(judge: Judge, path: Path) -> None:
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in judge.state_dict().items()}, str(path),
-              metadata={"resolution": str(judge.resolution)})
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in judge.state_dict().items()}, str(path), metadata={"resolution": str(judge.resolution)})
 
 
 def load(path: Path) -> Judge:

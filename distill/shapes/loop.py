@@ -61,8 +61,19 @@ def make_accelerator(folder: Path) -> Accelerator:
     return accelerator
 
 
-def run(part: Part, folder: Path, config: dict, seed: int, accelerator: Accelerator, *, resume: bool, checkpoint_every: int,
-        keep: int = 2, log_every: int = 10, stop_after: int | None = None) -> None:
+def run(
+    part: Part,
+    folder: Path,
+    config: dict,
+    seed: int,
+    accelerator: Accelerator,
+    *,
+    resume: bool,
+    checkpoint_every: int,
+    keep: int = 2,
+    log_every: int = 10,
+    stop_after: int | None = None,
+) -> None:
     """Train `part` to its total_steps, writing checkpoints under folder/checkpoints; resume from the latest one."""
     ckpt_dir = Path(folder) / "checkpoints"
     start = 0
@@ -79,8 +90,15 @@ def run(part: Part, folder: Path, config: dict, seed: int, accelerator: Accelera
         start = progress["step"]
         accelerator.print(f"{part.name}: resuming from {latest.name} (step {start} of {part.total_steps})")
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
-    bar = tqdm(range(start, part.total_steps), initial=start, total=part.total_steps, desc=part.name, dynamic_ncols=True,
-               disable=not accelerator.is_main_process, mininterval=2.0)
+    bar = tqdm(
+        range(start, part.total_steps),
+        initial=start,
+        total=part.total_steps,
+        desc=part.name,
+        dynamic_ncols=True,
+        disable=not accelerator.is_main_process,
+        mininterval=2.0,
+    )
     began, done_here = time.perf_counter(), 0
     for step in bar:
         logs = part.step(step, step_generator(seed, part.name, step))

@@ -43,8 +43,9 @@ def is_done(c: PretrainConfig, part: str) -> bool:
     recorded = json.loads(done.read_text()).get("config")
     diff = config_diff(recorded, c.section(part)) if recorded is not None else []
     if diff:
-        raise StalePart(f"{final_dir(c, part)} was made with another config ({'; '.join(diff)}); "
-                        f"remove {final_dir(c, part).parent} to train it again with this one")
+        raise StalePart(
+            f"{final_dir(c, part)} was made with another config ({'; '.join(diff)}); remove {final_dir(c, part).parent} to train it again with this one"
+        )
     return True
 
 
@@ -56,11 +57,19 @@ def finish(c: PretrainConfig, part: str, write, report: dict) -> dict:
     return report
 
 
-
-
 def train_part(c: PretrainConfig, part, accelerator, resume: bool, stop_after: int | None) -> None:
     """Run a loop.Part in <output_dir>/<name> with the config's seed, checkpoint and logging settings; its
     checkpoints must agree with the config sections the part depends on."""
     t = c.train
-    run(part, Path(t.output_dir) / part.name, c.section(part.name), t.seed, accelerator, resume=resume,
-        checkpoint_every=t.checkpoint_every, keep=t.keep_checkpoints, log_every=t.log_every, stop_after=stop_after)
+    run(
+        part,
+        Path(t.output_dir) / part.name,
+        c.section(part.name),
+        t.seed,
+        accelerator,
+        resume=resume,
+        checkpoint_every=t.checkpoint_every,
+        keep=t.keep_checkpoints,
+        log_every=t.log_every,
+        stop_after=stop_after,
+    )

@@ -17,8 +17,7 @@ from .train_autoencoders import cache_latents, train_decoder, train_vae, train_v
 from .train_base import train_unet
 from .train_judge import train_judge
 
-TRAINERS = {"judge": train_judge, "vae": train_vae, "decoder": train_decoder, "vae_tiny": train_vae_tiny,
-            "latents": cache_latents, "unet": train_unet}
+TRAINERS = {"judge": train_judge, "vae": train_vae, "decoder": train_decoder, "vae_tiny": train_vae_tiny, "latents": cache_latents, "unet": train_unet}
 PARTS = tuple(TRAINERS)
 
 

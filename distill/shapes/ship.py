@@ -26,9 +26,14 @@ REFERENCE_STEPS, REFERENCE_GUIDANCE = 32, 5.0
 LIVE_STEPS = 8
 # The judge is an evaluation tool, not part of the model: it ships beside the model folder.
 JUDGE_FILE = SHAPES_FOLDER.parent.parent / "shapes_judge.safetensors"
-EXAMPLES = ("a red circle on the left on a white background", "a small blue star at the top right on a black background",
-            "green square, center, gray background", "a yellow triangle on the left and a purple heart on the right",
-            "a pink heart at the bottom", "a red star in the middle")
+EXAMPLES = (
+    "a red circle on the left on a white background",
+    "a small blue star at the top right on a black background",
+    "green square, center, gray background",
+    "a yellow triangle on the left and a purple heart on the right",
+    "a pink heart at the bottom",
+    "a red star in the middle",
+)
 DESCRIPTION = "a small model trained on a world of coloured shapes"
 
 
@@ -36,8 +41,7 @@ def base_variants(steps=(REFERENCE_STEPS, 8, 4, 2, 1), guidance: float = REFEREN
     return [Variant(n, "epsilon", guidance_scale=guidance) for n in steps]
 
 
-def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: list[Variant] | None = None,
-         live_steps: int = LIVE_STEPS) -> Path:
+def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: list[Variant] | None = None, live_steps: int = LIVE_STEPS) -> Path:
     """Write <out> (replacing it atomically) and the judge from the finished pre-training run of config `c`."""
     source = final_dir(c, "unet") / "pipeline"
     if not (source / "model_index.json").is_file():
@@ -50,9 +54,16 @@ def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: l
         pipe.to(torch.float16).save_pretrained(tmp)
         compact_tokenizers(tmp)
         vae_tiny.to(torch.float16).save_pretrained(tmp / "vae_tiny")
-        write_manifest(tmp, ".", variants, description=DESCRIPTION, reference_steps=REFERENCE_STEPS,
-                       live_steps=live_steps, resolution=c.world.resolution,
-                       examples=list(EXAMPLES))
+        write_manifest(
+            tmp,
+            ".",
+            variants,
+            description=DESCRIPTION,
+            reference_steps=REFERENCE_STEPS,
+            live_steps=live_steps,
+            resolution=c.world.resolution,
+            examples=list(EXAMPLES),
+        )
     shutil.copyfile(final_dir(c, "judge") / "judge.safetensors", judge_out)
     return Path(out)
 

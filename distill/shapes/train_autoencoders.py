@@ -74,10 +74,16 @@ def train_vae(c: PretrainConfig, resume: bool, stop_after: int | None = None) ->
         latents = torch.cat([vae.encode(b).latent_dist.sample() for b in fit.split(64)])
         scaling_factor = float(1 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
-    report = {"scaling_factor": scaling_factor, "latent_std": float(latents.std()), **reconstruction_report(c, vae.decode, vae),
-              "train_seconds_this_run": round(time.perf_counter() - began, 1)}
-    accelerator.print(f"vae: scaling factor {scaling_factor:.4f}, held-out PSNR {report['psnr']:.2f} dB, "
-                      f"judge on reconstructions {report['judge_all_attributes']:.1%} (on the renders {report['judge_all_attributes_real']:.1%})")
+    report = {
+        "scaling_factor": scaling_factor,
+        "latent_std": float(latents.std()),
+        **reconstruction_report(c, vae.decode, vae),
+        "train_seconds_this_run": round(time.perf_counter() - began, 1),
+    }
+    accelerator.print(
+        f"vae: scaling factor {scaling_factor:.4f}, held-out PSNR {report['psnr']:.2f} dB, "
+        f"judge on reconstructions {report['judge_all_attributes']:.1%} (on the renders {report['judge_all_attributes_real']:.1%})"
+    )
     return finish(c, "vae", lambda tmp: vae.save_pretrained(tmp / "vae"), report)
 
 
@@ -180,9 +186,8 @@ def cache_latents(c: PretrainConfig, resume: bool, stop_after: int | None = None
     latents = np.zeros((n, 4, c.world.resolution // 8, c.world.resolution // 8), np.float16)
     for start in tqdm(range(0, n, batch_size), desc="latents", mininterval=2.0):
         x = images([training_scene(c.world.seed, k) for k in range(start, min(n, start + batch_size))], c.world.resolution)
-        latents[start:start + len(x)] = (vae.encode(x).latent_dist.mode() * vae.config.scaling_factor).numpy()
-    report = {"count": n, "mean": float(latents.mean()), "std": float(latents.astype(np.float32).std()),
-              "seconds": round(time.perf_counter() - began, 1)}
+        latents[start : start + len(x)] = (vae.encode(x).latent_dist.mode() * vae.config.scaling_factor).numpy()
+    report = {"count": n, "mean": float(latents.mean()), "std": float(latents.astype(np.float32).std()), "seconds": round(time.perf_counter() - began, 1)}
     return finish(c, "latents", lambda tmp: save_file({"latents": torch.from_numpy(latents)}, str(tmp / "latents.safetensors")), report)
 
 

@@ -56,8 +56,9 @@ def pipeline(c: PretrainConfig, unet, text_encoder, text_encoder_2, vae) -> Stab
     """The stock SDXL pipeline around the shapes components, with the studio's trailing Euler scheduler."""
     tokenizer, tokenizer_2 = load_tokenizers()
     scheduler = EulerDiscreteScheduler.from_config(base_scheduler().config, timestep_spacing="trailing")
-    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler
+    )
 
 
 def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -> dict:
@@ -126,11 +127,18 @@ def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -
 def sample_grid(c: PretrainConfig, pipe: StableDiffusionXLPipeline, judge=None, per_group: int = 4):
     """(uint8 grid image, judge adherence or None) for `per_group` prompts of each evaluation group, seed 0."""
     prompts = [p for group in prompt_set(per_group).values() for p in group]
-    out = pipe([p.text for p in prompts], height=c.world.resolution, width=c.world.resolution, num_inference_steps=c.unet.sample_steps,
-               guidance_scale=c.unet.guidance_scale, generator=[torch.Generator().manual_seed(0) for _ in prompts], output_type="np").images
+    out = pipe(
+        [p.text for p in prompts],
+        height=c.world.resolution,
+        width=c.world.resolution,
+        num_inference_steps=c.unet.sample_steps,
+        guidance_scale=c.unet.guidance_scale,
+        generator=[torch.Generator().manual_seed(0) for _ in prompts],
+        output_type="np",
+    ).images
     images = (out * 255).round().astype(np.uint8)
     cols = per_group
-    rows = [np.concatenate(list(images[r * cols:(r + 1) * cols]), axis=1) for r in range(len(images) // cols)]
+    rows = [np.concatenate(list(images[r * cols : (r + 1) * cols]), axis=1) for r in range(len(images) // cols)]
     adherence = None
     if judge is not None:
         adherence = metrics.adherence(judge_lib.predict(judge, judge_lib.to_tensor(images)), [p.spec for p in prompts])["all"]

@@ -32,9 +32,10 @@ def train_judge(c: PretrainConfig, resume: bool, stop_after: int | None = None) 
     began = time.perf_counter()
     train_part(c, Part("judge", {"judge": judge}, optimizer, step, c.judge.steps), accelerator, resume, stop_after)
     images, target = judge_lib.held_out_renders(c.judge.eval_images, c.world.resolution)
-    report = {"held_out_accuracy": judge_lib.accuracy(judge, images, target), "held_out_images": c.judge.eval_images,
-              "train_seconds_this_run": round(time.perf_counter() - began, 1)}
+    report = {
+        "held_out_accuracy": judge_lib.accuracy(judge, images, target),
+        "held_out_images": c.judge.eval_images,
+        "train_seconds_this_run": round(time.perf_counter() - began, 1),
+    }
     accelerator.print("judge accuracy on held-out renders: " + ", ".join(f"{k} {v:.2%}" for k, v in report["held_out_accuracy"].items()))
     return finish(c, "judge", lambda tmp: judge_lib.save(judge, tmp / "judge.safetensors"), report)
-
-

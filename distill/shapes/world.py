@@ -13,17 +13,30 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = {
-    "red": (220, 30, 35), "orange": (245, 135, 20), "yellow": (245, 215, 30), "green": (35, 160, 60),
-    "blue": (35, 75, 215), "purple": (130, 45, 175), "pink": (245, 140, 190), "white": (250, 250, 250),
-    "black": (20, 20, 20), "gray": (128, 128, 128),
+    "red": (220, 30, 35),
+    "orange": (245, 135, 20),
+    "yellow": (245, 215, 30),
+    "green": (35, 160, 60),
+    "blue": (35, 75, 215),
+    "purple": (130, 45, 175),
+    "pink": (245, 140, 190),
+    "white": (250, 250, 250),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
 }
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (150, 150, 150), "light blue": (185, 215, 245)}
 SIZES = {"small": 0.10, "large": 0.19}  # half-extent as a fraction of the image side
 # Positions on a 3x3 grid of anchors (column, row); each object's centre is jittered a little around its anchor.
 POSITIONS = {
-    "top left": (0, 0), "top": (1, 0), "top right": (2, 0),
-    "left": (0, 1), "center": (1, 1), "right": (2, 1),
-    "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
+    "top left": (0, 0),
+    "top": (1, 0),
+    "top right": (2, 0),
+    "left": (0, 1),
+    "center": (1, 1),
+    "right": (2, 1),
+    "bottom left": (0, 2),
+    "bottom": (1, 2),
+    "bottom right": (2, 2),
 }
 ANCHOR = (0.22, 0.5, 0.78)
 # Colour x shape pairs never rendered into the base model's training data: prompts asking for them measure composition.
@@ -71,8 +84,9 @@ def canonical_order(objects) -> tuple:
 
 
 def jittered(rng: random.Random, shape: str, colour: str, size: str, position: str) -> ShapeObject:
-    return ShapeObject(shape, colour, size, position, dx=rng.uniform(-0.04, 0.04), dy=rng.uniform(-0.04, 0.04),
-                       scale=rng.uniform(0.9, 1.1), rotation=rng.uniform(-15, 15))
+    return ShapeObject(
+        shape, colour, size, position, dx=rng.uniform(-0.04, 0.04), dy=rng.uniform(-0.04, 0.04), scale=rng.uniform(0.9, 1.1), rotation=rng.uniform(-15, 15)
+    )
 
 
 def sample_scene(rng: random.Random, n_objects: int | None = None, held_out: bool = False) -> Scene:
@@ -91,7 +105,8 @@ def sample_scene(rng: random.Random, n_objects: int | None = None, held_out: boo
         shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
         position, size = rng.choice(positions), rng.choice(list(SIZES))
         if not (colour_allowed(colour, background) and pair_allowed(colour, shape, held_out)) or any(
-                not apart(position, o.position) or (o.shape, o.colour) == (shape, colour) for o in objects):
+            not apart(position, o.position) or (o.shape, o.colour) == (shape, colour) for o in objects
+        ):
             failures += 1
             continue
         objects.append(jittered(rng, shape, colour, size, position))
@@ -109,6 +124,7 @@ def rejitter(scene: Scene, rng: random.Random) -> Scene:
 
 # ---- geometry: outlines in unit coordinates (radius 1 around the origin) ----------------------------------------
 
+
 def _regular(n: int, phase: float) -> list[tuple[float, float]]:
     return [(math.cos(phase + 2 * math.pi * k / n), math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
 
@@ -124,8 +140,10 @@ def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
 
 def _heart(n: int = 64) -> list[tuple[float, float]]:
     """x = 16 sin^3 u, y = -(13 cos u - 5 cos 2u - 2 cos 3u - cos 4u), scaled to radius ~1 (image y points down)."""
-    pts = [(16 * math.sin(u) ** 3, -(13 * math.cos(u) - 5 * math.cos(2 * u) - 2 * math.cos(3 * u) - math.cos(4 * u)))
-           for u in (2 * math.pi * k / n for k in range(n))]
+    pts = [
+        (16 * math.sin(u) ** 3, -(13 * math.cos(u) - 5 * math.cos(2 * u) - 2 * math.cos(3 * u) - math.cos(4 * u)))
+        for u in (2 * math.pi * k / n for k in range(n))
+    ]
     return [(x / 17, (y + 2) / 17) for x, y in pts]
 
 

@@ -7,8 +7,7 @@ from distill import bench_gpu
 
 def test_bench_runs_every_phase_type_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    bench_gpu.main(["--model", "tiny", "--resolution", "64", "--device", "cpu", "--precision", "no", "--lora-rank", "4",
-                    "--json", str(out)])
+    bench_gpu.main(["--model", "tiny", "--resolution", "64", "--device", "cpu", "--precision", "no", "--lora-rank", "4", "--json", str(out)])
     report = json.loads(out.read_text())
     assert [p["phase"] for p in report["phases"]] == [name for name, _ in bench_gpu.PHASE_TYPES]
     for phase in report["phases"]:

@@ -22,9 +22,10 @@ from pipelines.architectures import tiny_components
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import phase, plan, stage_unet  # noqa: E402
 
-STAGES = [{"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("conditional", "lora", steps=1),
-                                                                               phase("unconditional", "full", steps=1)]},
-          {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [phase("unconditional", "full", steps=1)]}]
+STAGES = [
+    {"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1)]},
+    {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [phase("unconditional", "full", steps=1)]},
+]
 
 
 def run_dir(config) -> Path:

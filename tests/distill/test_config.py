@@ -34,8 +34,14 @@ def test_paper_plan_is_the_papers():
 def test_tiny_plan_covers_every_phase_type():
     c = load_config(CONFIGS / "tiny.toml")
     kinds = {(p.objective, p.params) for s in c.stages for p in s.phases}
-    assert {("mse", "full"), ("conditional", "lora"), ("unconditional", "lora"), ("unconditional", "full"),
-            ("x0_convert", "full"), ("conditional", "full")} <= kinds
+    assert {
+        ("mse", "full"),
+        ("conditional", "lora"),
+        ("unconditional", "lora"),
+        ("unconditional", "full"),
+        ("x0_convert", "full"),
+        ("conditional", "full"),
+    } <= kinds
     assert any(p.teacher == "skip" for s in c.stages for p in s.phases)
     assert c.model.base == "tiny" and c.data.source == "prompts"
 

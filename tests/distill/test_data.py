@@ -32,10 +32,14 @@ def make_folder(root):
 
 
 def config(source, path, on_bad="skip", **data):
-    return parse_config({"model": {"base": "tiny"}, "data": {"source": source, "path": str(path), "on_bad": on_bad, "resolution": 32, **data},
-                         "train": {"mixed_precision": "no"},
-                         "stages": [{"name": "s", "teacher_steps": 4, "student_steps": 2,
-                                     "phases": [{"objective": "mse", "params": "full", "steps": 1, "lr": 1e-4}]}]})
+    return parse_config(
+        {
+            "model": {"base": "tiny"},
+            "data": {"source": source, "path": str(path), "on_bad": on_bad, "resolution": 32, **data},
+            "train": {"mixed_precision": "no"},
+            "stages": [{"name": "s", "teacher_steps": 4, "student_steps": 2, "phases": [{"objective": "mse", "params": "full", "steps": 1, "lr": 1e-4}]}],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +128,7 @@ resolution = 32
 [model]
 base = "tiny"
 [train]
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 mixed_precision = "no"
 [[stages]]
 name = "s"

@@ -21,8 +21,11 @@ def teacher():
 
 def make_cond(batch):
     g = torch.Generator().manual_seed(0)
-    return {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+    return {
+        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
+        "text_embeds": torch.randn(batch, 32, generator=g),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
+    }
 
 
 def encoder_state(module):
@@ -49,8 +52,7 @@ def test_backbone_features_are_the_unets_mid_block_output(teacher):
     x, cond = torch.randn(2, 4, 8, 8), make_cond(2)
     t = torch.tensor([749, 10])
     with torch.no_grad():
-        teacher(x, t, encoder_hidden_states=cond["encoder_hidden_states"],
-                added_cond_kwargs={"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]})
+        teacher(x, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs={"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]})
         hook.remove()
         features = Discriminator.from_unet(teacher).features(x, t, cond)
     torch.testing.assert_close(features, captured["mid"])
@@ -84,8 +86,7 @@ def test_d_step_trains_every_d_parameter_and_never_the_student(teacher):
     x_t, cond = torch.randn(2, 4, 8, 8), make_cond(2)
     fake, _ = student_step(student, x_t, 999, 499, cond, ALPHAS_BAR)
     real = torch.randn(2, 4, 8, 8)
-    logits = disc(torch.cat([real, fake.detach()]), 499, {k: torch.cat([v, v]) for k, v in cond.items()},
-                  x_t=torch.cat([x_t, x_t]), t=999)
+    logits = disc(torch.cat([real, fake.detach()]), 499, {k: torch.cat([v, v]) for k, v in cond.items()}, x_t=torch.cat([x_t, x_t]), t=999)
     d_loss_nonsaturating(*logits.chunk(2)).backward()
     assert all(p.grad is not None for p in disc.parameters())
     assert all(p.grad is None for p in student.parameters())

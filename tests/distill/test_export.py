@@ -32,10 +32,8 @@ def run(tmp_path_factory):
     raw = copy.deepcopy(TINY)
     raw["train"].update(output_dir=str(tmp / "run"), checkpoint_every=1000)
     raw["stages"] = [
-        {"name": "4step", "teacher_steps": 8, "student_steps": 4,
-         "phases": [{"objective": "conditional", "params": "lora", "steps": 2, "lr": 1e-2}]},
-        {"name": "2step", "teacher_steps": 4, "student_steps": 2,
-         "phases": [{"objective": "unconditional", "params": "full", "steps": 1, "lr": 1e-4}]},
+        {"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [{"objective": "conditional", "params": "lora", "steps": 2, "lr": 1e-2}]},
+        {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [{"objective": "unconditional", "params": "full", "steps": 1, "lr": 1e-4}]},
     ]
     config = parse_config(raw)
     distill_train.train(config)
@@ -61,7 +59,9 @@ def test_manifest_names_every_stage_with_its_scheduler_settings(run):
     spec = read_manifest(folder)
     assert spec.base == "tiny"
     assert [(v.steps, v.prediction_type, v.unet_dir, v.source_stage) for v in spec.variants] == [
-        (4, "epsilon", "4step/unet", "4step"), (2, "epsilon", "2step/unet", "2step")]
+        (4, "epsilon", "4step/unet", "4step"),
+        (2, "epsilon", "2step/unet", "2step"),
+    ]
     for v in spec.variants:
         assert (folder / v.unet_dir / "config.json").is_file()
     assert v.scheduler(stock_pipeline().scheduler.config).config.timestep_spacing == "trailing"

@@ -24,11 +24,21 @@ from test_train import _toml, phase, plan, stage_unet  # noqa: E402
 def _launch(tmp_path, config_file, config: str, *extra) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file <config>` on two gloo-connected CPU processes (torchrun, as for DDP)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "distill" / "configs" / config),
-               "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "distill" / "configs" / config),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     command += [__file__] if config == "accelerate_fsdp.yaml" else ["-m", "distill"]
-    result = subprocess.run(command + ["train", "--config", str(config_file), *extra], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command + ["train", "--config", str(config_file), *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -40,8 +50,9 @@ def test_fsdp_two_processes_kill_resume_matches_ddp_and_exports(tmp_path):
     from distill.export import export
     from pipelines.architectures import tiny_components
 
-    stages = [{"name": "2step", "teacher_steps": 4, "student_steps": 2,
-               "phases": [phase("conditional", "lora", steps=2), phase("unconditional", "full", steps=2)]}]
+    stages = [
+        {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [phase("conditional", "lora", steps=2), phase("unconditional", "full", steps=2)]}
+    ]
     runs = {}
     for name in ("ddp", "fsdp"):
         raw = plan(tmp_path / name, stages, batch_size=1, checkpoint_every=1, keep_checkpoints=10)

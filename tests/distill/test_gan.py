@@ -29,8 +29,11 @@ ALPHAS_BAR = alphas_cumprod()
 
 def make_cond(batch, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+    return {
+        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
+        "text_embeds": torch.randn(batch, 32, generator=g),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
+    }
 
 
 def gan_setup(student_noise: float = 0.0):
@@ -118,10 +121,15 @@ def test_only_the_conditional_discriminator_reads_x_t():
         assert not torch.allclose(unconditional(x_next, 499, cond), unconditional(x_next + 1, 499, cond))
 
 
-STAGES = [{"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("mse", "full", steps=1)]},
-          {"name": "2step", "teacher_steps": 4, "student_steps": 2,
-           "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1),
-                      phase("unconditional", "full", steps=1, teacher="skip")]}]
+STAGES = [
+    {"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("mse", "full", steps=1)]},
+    {
+        "name": "2step",
+        "teacher_steps": 4,
+        "student_steps": 2,
+        "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1), phase("unconditional", "full", steps=1, teacher="skip")],
+    },
+]
 
 
 def test_each_stage_learns_from_the_previous_stages_merged_student(tmp_path, monkeypatch):
@@ -155,10 +163,26 @@ def _train_subprocess(tmp_path, raw, processes: int):
     config_file = tmp_path / "plan.toml"
     config_file.write_text(_toml(raw))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if processes > 1 else [sys.executable, "-m"]
-    result = subprocess.run(launcher + ["distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+        ]
+        if processes > 1
+        else [sys.executable, "-m"]
+    )
+    result = subprocess.run(launcher + ["distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path / "run"
 
@@ -167,12 +191,17 @@ def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batc
     """2 processes x batch 1 against 1 process x batch 1 x 2 accumulated micro-batches: the same samples (micro-batch
     k of process r draws with the seed of global micro-batch k * processes + r), the same averaged gradients, so the
     same students after two steps of every phase kind, adversarial ones included."""
-    stages = [{"name": "2step", "teacher_steps": 4, "student_steps": 2,
-               "phases": [phase("conditional", "lora", renoise_weights=[1, 1, 1, 1]), phase("unconditional", "full", teacher="previous")]}]
+    stages = [
+        {
+            "name": "2step",
+            "teacher_steps": 4,
+            "student_steps": 2,
+            "phases": [phase("conditional", "lora", renoise_weights=[1, 1, 1, 1]), phase("unconditional", "full", teacher="previous")],
+        }
+    ]
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = _train_subprocess(tmp_path / "one", plan(tmp_path / "one", stages, batch_size=1, gradient_accumulation_steps=2,
-                                                   checkpoint_every=1000), 1)
+    one = _train_subprocess(tmp_path / "one", plan(tmp_path / "one", stages, batch_size=1, gradient_accumulation_steps=2, checkpoint_every=1000), 1)
     two = _train_subprocess(tmp_path / "two", plan(tmp_path / "two", stages, batch_size=1, checkpoint_every=1000), 2)
     a, b = stage_unet(one, "2step"), stage_unet(two, "2step")
     base = tiny_components(0)["unet"].state_dict()

@@ -5,7 +5,13 @@ import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
 from distill.lora import (
-    LORA_TARGET_MODULES, add_lora, lora_layers, lora_state_dict_diffusers, merge_lora, teacher_context, without_lora,
+    LORA_TARGET_MODULES,
+    add_lora,
+    lora_layers,
+    lora_state_dict_diffusers,
+    merge_lora,
+    teacher_context,
+    without_lora,
 )
 from distill.losses import mse_loss
 from distill.schedule import alphas_cumprod
@@ -34,8 +40,11 @@ def lora_unet(base):
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(0)
-    cond = {"encoder_hidden_states": torch.randn(1, 8, 64, generator=g), "text_embeds": torch.randn(1, 32, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])}
+    cond = {
+        "encoder_hidden_states": torch.randn(1, 8, 64, generator=g),
+        "text_embeds": torch.randn(1, 32, generator=g),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
+    }
     return torch.randn(1, 4, 8, 8, generator=g), cond
 
 

@@ -30,8 +30,7 @@ def test_losses_stay_finite_for_confident_logits():
 
 
 def test_grads_finite_catches_nan_and_inf():
-    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2)),
-              torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16))]
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16))]
     params[0].grad = torch.ones(3)
     assert grads_finite(params)  # params without a grad are ignored
     params[1].grad = torch.tensor([1.0, float("nan")])

@@ -2,8 +2,19 @@ import pytest
 import torch
 
 from distill.schedule import (
-    add_noise, alpha_sigma, alphas_bar_from_config, alphas_cumprod, ddim_step, eps_to_x0, split_prediction,
-    student_jump, teacher_grid, training_timesteps, v_to_x0, x0_to_eps, x0_to_v,
+    add_noise,
+    alpha_sigma,
+    alphas_bar_from_config,
+    alphas_cumprod,
+    ddim_step,
+    eps_to_x0,
+    split_prediction,
+    student_jump,
+    teacher_grid,
+    training_timesteps,
+    v_to_x0,
+    x0_to_eps,
+    x0_to_v,
 )
 from pipelines.architectures import base_scheduler
 

@@ -17,14 +17,16 @@ def unet():
 def make_cond(batch, seed=0):
     """Tiny-UNet conditioning; 8 text tokens instead of 77 keep the CPU tests fast on the same code path."""
     g = torch.Generator().manual_seed(seed)
-    return {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+    return {
+        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
+        "text_embeds": torch.randn(batch, 32, generator=g),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
+    }
 
 
 def diffusers_solve(unet, x_t, t, t_end, teacher_steps, cond, prediction_type, guidance_scale):
     """The reference: diffusers' Euler scheduler (trailing) stepping over the same grid, as the SDXL pipeline does it."""
-    scheduler = EulerDiscreteScheduler.from_config(
-        base_scheduler().config, timestep_spacing="trailing", prediction_type=prediction_type)
+    scheduler = EulerDiscreteScheduler.from_config(base_scheduler().config, timestep_spacing="trailing", prediction_type=prediction_type)
     scheduler.set_timesteps(teacher_steps)
     alpha, _ = alpha_sigma(ALPHAS_BAR, t)
     sample = x_t / alpha  # diffusers' sigma-space latent: x0 + (sigma/alpha) eps
@@ -35,8 +37,12 @@ def diffusers_solve(unet, x_t, t, t_end, teacher_steps, cond, prediction_type, g
         model_input = scheduler.scale_model_input(sample, ts)
 
         def call(c):
-            return unet(model_input, ts, encoder_hidden_states=c["encoder_hidden_states"],
-                        added_cond_kwargs={"text_embeds": c["text_embeds"], "time_ids": c["time_ids"]}).sample
+            return unet(
+                model_input,
+                ts,
+                encoder_hidden_states=c["encoder_hidden_states"],
+                added_cond_kwargs={"text_embeds": c["text_embeds"], "time_ids": c["time_ids"]},
+            ).sample
 
         out = call(cond)
         if guidance_scale != 1.0:
@@ -47,12 +53,15 @@ def diffusers_solve(unet, x_t, t, t_end, teacher_steps, cond, prediction_type, g
     return sample * alpha_end
 
 
-@pytest.mark.parametrize("t, t_end, teacher_steps, prediction_type, guidance_scale", [
-    (749, 249, 8, "epsilon", 1.0),      # n = 4 steps between grid points
-    (249, -1, 8, "epsilon", 1.0),       # last jump: ends on the clean x0
-    (999, 499, 4, "sample", 1.0),       # x0-prediction teacher
-    (499, -1, 4, "epsilon", 6.0),       # CFG 6 with zero unconditional embeddings (the MSE stage)
-])
+@pytest.mark.parametrize(
+    "t, t_end, teacher_steps, prediction_type, guidance_scale",
+    [
+        (749, 249, 8, "epsilon", 1.0),  # n = 4 steps between grid points
+        (249, -1, 8, "epsilon", 1.0),  # last jump: ends on the clean x0
+        (999, 499, 4, "sample", 1.0),  # x0-prediction teacher
+        (499, -1, 4, "epsilon", 6.0),  # CFG 6 with zero unconditional embeddings (the MSE stage)
+    ],
+)
 def test_teacher_solve_matches_diffusers_euler(unet, t, t_end, teacher_steps, prediction_type, guidance_scale):
     torch.manual_seed(0)
     x_t = add_noise(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), t, ALPHAS_BAR)

@@ -16,8 +16,11 @@ def unet():
 
 def make_cond(batch):
     g = torch.Generator().manual_seed(0)
-    return {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+    return {
+        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
+        "text_embeds": torch.randn(batch, 32, generator=g),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
+    }
 
 
 def test_one_student_step_equals_a_one_step_solve(unet):

@@ -42,11 +42,20 @@ def phase(objective, params, steps=2, **extra):
 
 
 # Two stages: LoRA (conditional, unconditional) -> merge -> full, then a re-noised 2-step stage with a skip-level teacher.
-SHORT = [{"name": "4step", "teacher_steps": 8, "student_steps": 4,
-          "phases": [phase("conditional", "lora"), phase("unconditional", "lora"), phase("unconditional", "full")]},
-         {"name": "2step", "teacher_steps": 4, "student_steps": 2,
-          "phases": [phase("conditional", "lora", renoise_weights=[1, 1, 1, 1]),
-                     phase("unconditional", "full", teacher="skip", renoise_weights=[5, 1, 1, 1])]}]
+SHORT = [
+    {
+        "name": "4step",
+        "teacher_steps": 8,
+        "student_steps": 4,
+        "phases": [phase("conditional", "lora"), phase("unconditional", "lora"), phase("unconditional", "full")],
+    },
+    {
+        "name": "2step",
+        "teacher_steps": 4,
+        "student_steps": 2,
+        "phases": [phase("conditional", "lora", renoise_weights=[1, 1, 1, 1]), phase("unconditional", "full", teacher="skip", renoise_weights=[5, 1, 1, 1])],
+    },
+]
 
 
 def stage_unet(out, name):
@@ -137,9 +146,15 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path, whole_run):
 
     # Validation pictures per phase, teacher | student side by side, and the tensorboard log.
     pictures = sorted(p.name for p in (whole_run / "validation").glob("*.png"))
-    assert pictures == ["2step_0_conditional_lora.png", "2step_1_unconditional_full.png", "4step_0_conditional_lora.png",
-                        "4step_1_unconditional_lora.png", "4step_2_unconditional_full.png"]
+    assert pictures == [
+        "2step_0_conditional_lora.png",
+        "2step_1_unconditional_full.png",
+        "4step_0_conditional_lora.png",
+        "4step_1_unconditional_lora.png",
+        "4step_2_unconditional_full.png",
+    ]
     from PIL import Image
+
     assert Image.open(whole_run / "validation" / pictures[0]).size == (128, 64)
     assert list((whole_run / "logs").rglob("events.out.tfevents.*"))
 
@@ -156,8 +171,9 @@ def test_sigkill_at_an_arbitrary_moment_then_resume(tmp_path, whole_run):
     config_file.write_text(_toml(raw))
     # The same thread count as this process: the comparison is bitwise, and reductions split differently per thread.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.Popen([sys.executable, "-m", "distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     latest = tmp_path / "run" / "checkpoints" / "latest"
     deadline = time.monotonic() + 600  # a guard against a hung child, not a timing assertion
     while process.poll() is None and time.monotonic() < deadline and not (latest.is_file() and latest.read_text() >= "checkpoint-00000004"):
@@ -169,18 +185,41 @@ def test_sigkill_at_an_arbitrary_moment_then_resume(tmp_path, whole_run):
 
 
 def test_accelerate_launch_two_processes_on_cpu(tmp_path):
-    stages = [{"name": "2step", "teacher_steps": 4, "student_steps": 2,
-               "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1)]}]
+    stages = [
+        {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1)]}
+    ]
     raw = plan(tmp_path, stages, batch_size=1)
     config_file = tmp_path / "ddp.toml"
     config_file.write_text(_toml(raw))
     # accelerate's --cpu alone starts one process unless MPI is set up; torchrun (--multi_gpu) with
     # ACCELERATE_USE_CPU starts two gloo-connected CPU processes (docs/distill.md).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                             "-m", "distill", "train", "--config", str(config_file)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "distill",
+            "train",
+            "--config",
+            str(config_file),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distilling on 2 processes" in result.stdout
     assert (tmp_path / "run" / "stages" / "2step" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -188,6 +227,7 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path):
 
 def _toml(raw: dict) -> str:
     """A minimal TOML writer for the plan dicts above (tomllib only reads)."""
+
     def value(v):
         return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
 
@@ -216,8 +256,14 @@ def one_step_gap(unet, teacher, cond, noise, alphas_bar) -> float:
 
 
 def test_a_short_run_brings_the_one_step_student_closer_to_the_teacher(tmp_path):
-    stages = [{"name": "2step", "teacher_steps": 8, "student_steps": 2,
-               "phases": [{"objective": "mse", "params": "full", "steps": 60, "lr": 3e-5, "betas": [0.9, 0.999]}]}]
+    stages = [
+        {
+            "name": "2step",
+            "teacher_steps": 8,
+            "student_steps": 2,
+            "phases": [{"objective": "mse", "params": "full", "steps": 60, "lr": 3e-5, "betas": [0.9, 0.999]}],
+        }
+    ]
     raw = plan(tmp_path, stages, batch_size=4, gradient_checkpointing=False, checkpoint_every=1000)
     raw["data"].update(prompts=PROMPTS, samples_per_prompt=2)
     config = parse_config(raw)
@@ -236,8 +282,14 @@ def test_a_short_run_brings_the_one_step_student_closer_to_the_teacher(tmp_path)
 
 
 def test_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, monkeypatch):
-    stages = [{"name": "2step", "teacher_steps": 4, "student_steps": 2,
-               "phases": [{"objective": "mse", "params": "full", "steps": 3, "lr": 1e-3, "betas": [0.9, 0.999]}]}]
+    stages = [
+        {
+            "name": "2step",
+            "teacher_steps": 4,
+            "student_steps": 2,
+            "phases": [{"objective": "mse", "params": "full", "steps": 3, "lr": 1e-3, "betas": [0.9, 0.999]}],
+        }
+    ]
     config = parse_config(plan(tmp_path, stages, gradient_accumulation_steps=2, checkpoint_every=1000))
     calls = {"n": 0}
     real_mse = distill_train.mse_loss

@@ -19,8 +19,11 @@ def eps_unet():
 
 def make_batch(batch=4):
     g = torch.Generator().manual_seed(0)
-    cond = {"encoder_hidden_states": torch.randn(batch, 8, 64, generator=g), "text_embeds": torch.randn(batch, 32, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+    cond = {
+        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
+        "text_embeds": torch.randn(batch, 32, generator=g),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
+    }
     t = torch.tensor(training_timesteps(1))[:batch]  # the 1-step stage trains at 999, 749, 499, 249
     x_t = add_noise(torch.randn(batch, 4, 8, 8, generator=g), torch.randn(batch, 4, 8, 8, generator=g), t, ALPHAS_BAR)
     return x_t, t, cond

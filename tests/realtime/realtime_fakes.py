@@ -38,8 +38,12 @@ class FakeEngine:
         self.calls.append(list(requests))
         if any(r.prompt == FAIL_PROMPT for r in requests):
             raise NonFiniteOutput("the model produced NaN/Inf (test failure on purpose)")
-        return [GenerationResult(r, np.full((r.height, r.width, 3), r.seed % 256, np.uint8),
-                                 {"text": 0.1, "denoise": 1.0, "decode": 0.5, "total": 1.6}, 0, len(requests)) for r in requests]
+        return [
+            GenerationResult(
+                r, np.full((r.height, r.width, 3), r.seed % 256, np.uint8), {"text": 0.1, "denoise": 1.0, "decode": 0.5, "total": 1.6}, 0, len(requests)
+            )
+            for r in requests
+        ]
 
     def memory(self):
         return {"parameters_total": 0}
@@ -70,8 +74,9 @@ def free_port() -> int:
 def serve(app, port: int | None = None):
     """Run `app` on a real uvicorn server in a thread; yields 'host:port'."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio", ws_max_size=64 * 1024,
-                            ws_per_message_deflate=False, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, ws="websockets-sansio", ws_max_size=64 * 1024, ws_per_message_deflate=False, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

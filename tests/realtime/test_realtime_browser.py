@@ -6,8 +6,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 WAIT_MS = 120_000  # only stops a hang; nothing asserts speed
 PROMPT = "a lighthouse on a cliff"
 
@@ -39,15 +38,17 @@ def page(browser, tiny_studio):
 def compare(page, variants: int):
     """Click Compare steps, wait until every variant's image has loaded; -> the latency table's rows."""
     page.click("#compare")
-    page.wait_for_function("n => { const imgs = [...document.querySelectorAll('#compare-gallery img')];"
-                           " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }", arg=variants)
+    page.wait_for_function(
+        "n => { const imgs = [...document.querySelectorAll('#compare-gallery img')];"
+        " return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+        arg=variants,
+    )
     return page.locator("#compare-latency table tbody tr")
 
 
 def wait_for_last_frame(page) -> dict:
     """Wait until the frame on screen is the answer to the last request the page sent."""
-    page.wait_for_function("() => { const d = document.getElementById('studio-root').dataset;"
-                           " return d.sentSeq && d.seq === d.sentSeq; }")
+    page.wait_for_function("() => { const d = document.getElementById('studio-root').dataset; return d.sentSeq && d.seq === d.sentSeq; }")
     return dataset(page)
 
 
@@ -58,9 +59,11 @@ def test_typing_key_by_key_streams_frames_and_the_last_frame_carries_the_last_se
     assert 1 <= int(state["frames"]) <= int(state["sentSeq"])
     assert page.locator("#live-canvas").get_attribute("data-seq") == state["sentSeq"]
     assert "step" in page.locator("#studio-hud").inner_text() and "fps" in page.locator("#studio-hud").inner_text()
-    drawn = page.evaluate("() => { const c = document.getElementById('live-canvas');"
-                          " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-                          " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s; }")
+    drawn = page.evaluate(
+        "() => { const c = document.getElementById('live-canvas');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s; }"
+    )
     assert drawn > 0  # the frame was really painted, not just counted
 
 
@@ -101,10 +104,11 @@ def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_stud
 @pytest.fixture(scope="module")
 def gradio_events_address():
     """A second studio in --gradio-events mode (its own tiny engine, so the two workers never share a model)."""
+    from realtime_fakes import serve, wait_until
+
     from pipelines import load_engine
     from realtime.server import create_app
     from realtime.studio import Studio, StudioConfig
-    from realtime_fakes import serve, wait_until
 
     studio = Studio(load_engine(model="tiny", device="cpu", steps=(1, 2)), StudioConfig(gradio_events=True, warm_size=64)).start()
     wait_until(lambda: studio.worker.ready, "warm-up", limit_s=300)
@@ -126,9 +130,10 @@ def test_gradio_events_mode_renders_the_final_text(browser, gradio_events_addres
 
 
 def test_an_idle_page_is_closed_then_reconnects_when_the_user_types_again(browser):
+    from realtime_fakes import FakeEngine, serve
+
     from realtime.server import create_app
     from realtime.studio import Studio, StudioConfig
-    from realtime_fakes import FakeEngine, serve
 
     studio = Studio(FakeEngine(), StudioConfig(idle_timeout_s=1.0)).start()
     try:
@@ -141,8 +146,7 @@ def test_an_idle_page_is_closed_then_reconnects_when_the_user_types_again(browse
             page.wait_for_selector("#studio-root[data-state='disconnected']")  # the server closed it for idling
             assert "idle_timeout" in page.locator("#studio-message").inner_text()
             page.locator("#prompt textarea").press_sequentially("c")
-            page.wait_for_function("n => Number(document.getElementById('studio-root').dataset.sentSeq) > n",
-                                   arg=int(first["seq"]))
+            page.wait_for_function("n => Number(document.getElementById('studio-root').dataset.sentSeq) > n", arg=int(first["seq"]))
             again = wait_for_last_frame(page)
             assert int(again["seq"]) > int(first["seq"]) and again["state"] == "ready"
             page.close()

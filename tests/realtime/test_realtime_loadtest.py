@@ -15,8 +15,7 @@ def test_loadtest_reports_latency_throughput_and_no_lost_final_updates(tmp_path,
     out = tmp_path / "load.json"
     try:
         with serve(create_app(studio, ui=False)) as address:
-            code = loadtest.main(["--url", f"ws://{address}/ws", "--clients", "3", "--seconds", "1", "--rate", "8",
-                                  "--json", str(out)])
+            code = loadtest.main(["--url", f"ws://{address}/ws", "--clients", "3", "--seconds", "1", "--rate", "8", "--json", str(out)])
     finally:
         studio.stop()
     result = json.loads(out.read_text())

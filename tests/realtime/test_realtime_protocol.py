@@ -24,38 +24,41 @@ def test_valid_messages_parse():
     assert parse(json.dumps(GOOD), LIMITS) == Generate(3, "a cat", 7, 2, 256, 128)
 
 
-@pytest.mark.parametrize("message, code", [
-    (b"\x00\x01", "binary_not_supported"),
-    ("{not json", "bad_json"),
-    ("[1, 2]", "bad_message"),
-    ('"hello"', "bad_message"),
-    (json.dumps({"type": "dance"}), "unknown_type"),
-    (json.dumps({"version": 1}), "unknown_type"),
-    (json.dumps({"type": "hello", "version": 2}), "unsupported_version"),
-    (json.dumps({"type": "hello", "version": 1, "extra": 1}), "unknown_field"),
-    (with_(colour="red"), "unknown_field"),
-    (with_(seq=...), "missing_field"),
-    (with_(seed=...), "missing_field"),
-    (with_(seq="3"), "bad_type"),
-    (with_(seq=True), "bad_type"),
-    (with_(seq=-1), "out_of_range"),
-    (with_(prompt=5), "bad_type"),
-    (with_(prompt=None), "bad_type"),
-    (with_(prompt="x" * (protocol.MAX_PROMPT_CHARS + 1)), "out_of_range"),
-    (with_(prompt="a red \ud800 circle"), "invalid_text"),
-    (with_(prompt="\udfff"), "invalid_text"),
-    (with_(seed=1.5), "bad_type"),
-    (with_(seed=-1), "out_of_range"),
-    (with_(seed=2**32), "out_of_range"),
-    (with_(steps=3), "out_of_range"),
-    (with_(steps="2"), "bad_type"),
-    (with_(width=250), "out_of_range"),
-    (with_(width=32), "out_of_range"),
-    (with_(height=4096), "out_of_range"),
-    (with_(height=[128]), "bad_type"),
-    ("{" * 5000, "too_large"),
-    ("[" * 3000 + "]" * 3000, "too_large"),
-])
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        (b"\x00\x01", "binary_not_supported"),
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_message"),
+        ('"hello"', "bad_message"),
+        (json.dumps({"type": "dance"}), "unknown_type"),
+        (json.dumps({"version": 1}), "unknown_type"),
+        (json.dumps({"type": "hello", "version": 2}), "unsupported_version"),
+        (json.dumps({"type": "hello", "version": 1, "extra": 1}), "unknown_field"),
+        (with_(colour="red"), "unknown_field"),
+        (with_(seq=...), "missing_field"),
+        (with_(seed=...), "missing_field"),
+        (with_(seq="3"), "bad_type"),
+        (with_(seq=True), "bad_type"),
+        (with_(seq=-1), "out_of_range"),
+        (with_(prompt=5), "bad_type"),
+        (with_(prompt=None), "bad_type"),
+        (with_(prompt="x" * (protocol.MAX_PROMPT_CHARS + 1)), "out_of_range"),
+        (with_(prompt="a red \ud800 circle"), "invalid_text"),
+        (with_(prompt="\udfff"), "invalid_text"),
+        (with_(seed=1.5), "bad_type"),
+        (with_(seed=-1), "out_of_range"),
+        (with_(seed=2**32), "out_of_range"),
+        (with_(steps=3), "out_of_range"),
+        (with_(steps="2"), "bad_type"),
+        (with_(width=250), "out_of_range"),
+        (with_(width=32), "out_of_range"),
+        (with_(height=4096), "out_of_range"),
+        (with_(height=[128]), "bad_type"),
+        ("{" * 5000, "too_large"),
+        ("[" * 3000 + "]" * 3000, "too_large"),
+    ],
+)
 def test_bad_messages_get_a_code_and_a_message(message, code):
     with pytest.raises(ProtocolError) as raised:
         parse(message, LIMITS)
@@ -85,11 +88,12 @@ def test_errors_about_a_generate_carry_its_seq_so_the_client_can_match_them():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
 
 
-@given(st.dictionaries(st.sampled_from(sorted(protocol.GENERATE_FIELDS | {"version", "x"})), json_values, max_size=8)
-       | json_values)
+@given(st.dictionaries(st.sampled_from(sorted(protocol.GENERATE_FIELDS | {"version", "x"})), json_values, max_size=8) | json_values)
 def test_any_json_either_parses_or_is_refused_with_a_protocol_error(value):
     try:
         message = parse(json.dumps(value), LIMITS)
@@ -109,8 +113,7 @@ def test_any_text_either_parses_or_is_refused_with_a_protocol_error(text):
         assert isinstance(message, (Hello, Generate))
 
 
-@given(header=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=6),
-       payload=st.binary(max_size=300))
+@given(header=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=6), payload=st.binary(max_size=300))
 def test_frames_round_trip(header, payload):
     frame = pack_frame(header, payload)
     length = int.from_bytes(frame[:4], "big")
@@ -125,18 +128,21 @@ def test_truncated_frames_are_reported():
         unpack_frame(b"\x00\x00\x00\x50{}")
 
 
-@pytest.mark.parametrize("origin, host, space, allowed", [
-    (None, "example.org:7860", "", True),  # not a browser
-    ("http://127.0.0.1:7860", "127.0.0.1:7860", "", True),
-    ("http://localhost:3000", "10.0.0.2:7860", "", True),
-    ("https://studio.example.org", "studio.example.org", "", True),  # same host
-    ("https://evil.example", "studio.example.org", "", False),
-    ("https://studio.example.org.evil.example", "studio.example.org", "", False),
-    ("https://user-studio.hf.space", "10.1.2.3:7860", "user-studio.hf.space", True),
-    ("https://other.hf.space", "10.1.2.3:7860", "user-studio.hf.space", False),
-    ("null", "127.0.0.1:7860", "", False),
-    ("not a url", "127.0.0.1:7860", "", False),
-])
+@pytest.mark.parametrize(
+    "origin, host, space, allowed",
+    [
+        (None, "example.org:7860", "", True),  # not a browser
+        ("http://127.0.0.1:7860", "127.0.0.1:7860", "", True),
+        ("http://localhost:3000", "10.0.0.2:7860", "", True),
+        ("https://studio.example.org", "studio.example.org", "", True),  # same host
+        ("https://evil.example", "studio.example.org", "", False),
+        ("https://studio.example.org.evil.example", "studio.example.org", "", False),
+        ("https://user-studio.hf.space", "10.1.2.3:7860", "user-studio.hf.space", True),
+        ("https://other.hf.space", "10.1.2.3:7860", "user-studio.hf.space", False),
+        ("null", "127.0.0.1:7860", "", False),
+        ("not a url", "127.0.0.1:7860", "", False),
+    ],
+)
 def test_origin_check(origin, host, space, allowed):
     assert origin_allowed(origin, host, space) is allowed
 

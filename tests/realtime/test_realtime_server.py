@@ -103,18 +103,21 @@ def test_every_client_gets_its_own_last_frame_while_others_type(tiny_studio):
         assert seqs == sorted(set(seqs)) and seqs[-1] == 8
 
 
-@pytest.mark.parametrize("message, code", [
-    ("not json", "bad_json"),
-    (b"\x89PNG", "binary_not_supported"),
-    (json.dumps({"type": "subscribe"}), "unknown_type"),
-    (json.dumps({"type": "hello", "version": 9}), "unsupported_version"),
-    (generate(1, extra_field=1), "unknown_field"),
-    (generate(1, seed="seven"), "bad_type"),
-    (generate(1, steps=8), "out_of_range"),  # 8 steps is not loaded in this server
-    (generate(1, width=70), "out_of_range"),
-    (generate(1, height=100000), "out_of_range"),
-    ("x" * 5000, "too_large"),
-])
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        ("not json", "bad_json"),
+        (b"\x89PNG", "binary_not_supported"),
+        (json.dumps({"type": "subscribe"}), "unknown_type"),
+        (json.dumps({"type": "hello", "version": 9}), "unsupported_version"),
+        (generate(1, extra_field=1), "unknown_field"),
+        (generate(1, seed="seven"), "bad_type"),
+        (generate(1, steps=8), "out_of_range"),  # 8 steps is not loaded in this server
+        (generate(1, width=70), "out_of_range"),
+        (generate(1, height=100000), "out_of_range"),
+        ("x" * 5000, "too_large"),
+    ],
+)
 def test_bad_input_gets_an_error_and_the_connection_survives(tiny_studio, message, code):
     address, _ = tiny_studio
     with open_client(address) as ws:

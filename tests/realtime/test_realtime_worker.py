@@ -71,8 +71,7 @@ def test_not_warm_means_503_and_requests_wait_then_idle_clients_are_closed():
             with connect(f"ws://{address}/ws") as ws:
                 status = json.loads(ws.recv(30))
                 assert status["state"] == "busy" and "warming" in status["message"]
-                ws.send(json.dumps({"type": "generate", "seq": 1, "prompt": "early", "seed": 9, "steps": 1,
-                                    "width": 64, "height": 64}))
+                ws.send(json.dumps({"type": "generate", "seq": 1, "prompt": "early", "seed": 9, "steps": 1, "width": 64, "height": 64}))
                 gate.set()
                 header, _ = unpack_frame(ws.recv(30))
                 assert header["seq"] == 1

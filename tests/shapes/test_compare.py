@@ -31,8 +31,8 @@ def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
     studio's real loading code and draw what the base draws at that step count."""
     from diffusers import UNet2DConditionModel
 
-    from distill.lora import add_lora, lora_state_dict_diffusers
     from distill.export import _write_lora
+    from distill.lora import add_lora, lora_state_dict_diffusers
 
     run = tmp_path / "run" / "stages" / "4step"
     (run / "lora_student").mkdir(parents=True)
@@ -42,8 +42,7 @@ def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
     export = tmp_path / "export"
     add_lora(unet, rank=4)  # B = 0: the LoRA changes nothing
     entry = _write_lora(export / "4step" / "lora_from_base", "4step", lora_state_dict_diffusers(unet), 4)
-    write_manifest(export, "shapes", [Variant(4, "epsilon", unet_dir="4step/unet", source_stage="4step")],
-                   loras={"4step": {"from_base": entry}})
+    write_manifest(export, "shapes", [Variant(4, "epsilon", unet_dir="4step/unet", source_stage="4step")], loras={"4step": {"from_base": entry}})
 
     request = GenerationRequest("a red circle on the left on a white background", seed=3, steps=4, width=128, height=128)
     plain = tmp_path / "plain"  # the base UNet as it is, without the base model's CFG (students have none)
@@ -60,9 +59,30 @@ def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
 
 def test_compare_cli_writes_one_labelled_table(tmp_path):
     out = tmp_path / "table.json"
-    result = subprocess.run([sys.executable, "-m", "distill.shapes", "compare", "--row", "base=shapes:2,1", "--row", "again=shapes:1",
-                             "--json", str(out), "--per-group", "2", "--seeds", "2", "--threads", "1"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.shapes",
+            "compare",
+            "--row",
+            "base=shapes:2,1",
+            "--row",
+            "again=shapes:1",
+            "--json",
+            str(out),
+            "--per-group",
+            "2",
+            "--seeds",
+            "2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["label"], r["steps"]) for r in rows] == [("base", 2), ("base", 1), ("again", 1)]

@@ -1,6 +1,5 @@
 """The shipped judge reads held-out renders back into their scenes, and its metrics measure what they claim."""
 
-
 import numpy as np
 import pytest
 import torch

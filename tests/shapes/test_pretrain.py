@@ -128,7 +128,9 @@ def test_a_config_with_an_unknown_key_is_refused_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"^unet\.step: unknown key"):
         shapes_config.load(path)
     result = subprocess.run([sys.executable, "-m", "distill.shapes", "pretrain", "--config", str(path)], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: unet.step: unknown key (known: " + result.stderr.split("(known: ")[1].strip()]
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: unet.step: unknown key (known: " + result.stderr.split("(known: ")[1].strip()
+    ]
 
 
 def test_sigkill_mid_unet_training_then_resume_gives_the_uninterrupted_weights(finished, tmp_path):
@@ -159,9 +161,32 @@ def test_eval_cli_scores_a_shipped_model_and_writes_json_table_and_grid(finished
     c, _ = finished
     model = ship(c, tmp_path / "model", judge_out=tmp_path / "judge.safetensors")
     out = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "distill.shapes", "eval", "--model", str(model), "--steps", "2", "1",
-                             "--json", str(out), "--per-group", "2", "--seeds", "2", "--judge", str(tmp_path / "judge.safetensors"),
-                             "--grid", str(tmp_path / "grid.png"), "--round-trip"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.shapes",
+            "eval",
+            "--model",
+            str(model),
+            "--steps",
+            "2",
+            "1",
+            "--json",
+            str(out),
+            "--per-group",
+            "2",
+            "--seeds",
+            "2",
+            "--judge",
+            str(tmp_path / "judge.safetensors"),
+            "--grid",
+            str(tmp_path / "grid.png"),
+            "--round-trip",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["steps"] for r in rows] == [2, 1, "autoencoder round trip"] and rows[0]["images"] == 3 * 2 * 2
@@ -169,4 +194,5 @@ def test_eval_cli_scores_a_shipped_model_and_writes_json_table_and_grid(finished
         assert key in rows[0]["summary"]
     assert "| model | steps |" in result.stdout
     from PIL import Image
+
     assert Image.open(tmp_path / "grid.png").size == (150 + 6 * 64, 3 * 64)  # a label strip, then 2 prompts per group

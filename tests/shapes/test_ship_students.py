@@ -26,8 +26,9 @@ def stock_image(folder, unet_folder, steps: int, guidance: float):
     pipe = StableDiffusionXLPipeline.from_pretrained(folder, unet=unet, dtype=torch.float32)
     pipe.scheduler = Variant(steps).scheduler(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, height=SIZE, width=SIZE,
-                generator=torch.Generator().manual_seed(SEED), output_type="np").images[0]
+    return pipe(
+        PROMPT, num_inference_steps=steps, guidance_scale=guidance, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(SEED), output_type="np"
+    ).images[0]
 
 
 @pytest.fixture
@@ -79,10 +80,14 @@ def test_bad_student_requests_are_refused(model_and_export):
         ship_students({2: export}, 8, model)
     with pytest.raises(StudioError, match="live steps 3"):
         ship_students({4: export}, 3, model)
-    result = subprocess.run([sys.executable, "-m", "distill.shapes", "ship-students", "--student", "four=x", "--live-steps", "4",
-                             "--model", str(model)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.shapes", "ship-students", "--student", "four=x", "--live-steps", "4", "--model", str(model)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "error: --student 'four=x': expected STEPS=EXPORT_DIR, e.g. 4=runs/exports/shapes-mse"]
+        "error: --student 'four=x': expected STEPS=EXPORT_DIR, e.g. 4=runs/exports/shapes-mse"
+    ]
 
 
 def test_the_shipped_tokenizers_are_compact_and_give_clips_ids():

@@ -56,8 +56,11 @@ def test_a_missing_or_corrupt_weight_file_is_named_in_one_line(tmp_path, damage)
         weights.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(WeightsUnavailable, match="unet"):
         load_engine(str(folder), device="cpu")
-    result = subprocess.run([sys.executable, "-m", "pipelines", "generate", "a red circle", "--model", str(folder), "--device", "cpu",
-                             "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", "generate", "a red circle", "--model", str(folder), "--device", "cpu", "--out", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unet" in lines[0] and "Traceback" not in result.stderr, result.stderr
