@@ -6,6 +6,7 @@ diffusers' EulerDiscreteScheduler with trailing spacing (pipelines.sampling); a 
 the stock StableDiffusionXLPipeline.
 """
 
+import logging
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -18,6 +19,13 @@ from .loading import LoadedModel
 from .requests import MAX_SEED, GenerationRequest, GenerationResult
 
 TOKEN_WINDOW = 77
+TRUNCATION_NOTICE = "The following part of your input was truncated"
+
+
+def drop_truncated_text(record: logging.LogRecord) -> bool:
+    """A logging filter: diffusers logs the cut-off part of every over-long prompt (user text, twice per prompt) at
+    warning level. Prompts stay out of server logs; the page already tells the user what was truncated."""
+    return not str(record.msg).startswith(TRUNCATION_NOTICE)
 
 
 class LRUCache:
@@ -88,6 +96,9 @@ class Engine:
         self.reference_steps = model.spec.reference_steps if model.spec.reference_steps in self.steps else None
         self.guidance = {n: model.spec.variant(n).guidance_scale for n in self.steps if model.spec.variant(n).guided}
         self.prompt_cache, self.noise_cache = LRUCache(prompt_cache_size), LRUCache(noise_cache_size)
+        encoder_log = logging.getLogger(type(self.pipe).encode_prompt.__module__)  # where encode_prompt logs from
+        if drop_truncated_text not in encoder_log.filters:
+            encoder_log.addFilter(drop_truncated_text)
         self.warmup_seconds: float | None = None
         # Where torch.compile's artifacts are kept between runs (None: not kept), and whether this start found them.
         self.compile_cache, self.compile_cache_loaded = compile_cache, compile_cache_loaded
