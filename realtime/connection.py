@@ -21,6 +21,8 @@ from .scheduler import Job, OutOfOrder
 
 log = logging.getLogger("realtime.connection")
 _ids = itertools.count(1)
+# How long a client that stopped reading gets for the 1008 close frame to go out: it does only if its socket drains.
+CLOSE_WAIT_S = 2.0
 
 
 async def serve(ws: WebSocket, studio) -> None:
@@ -51,11 +53,13 @@ class Connection:
         self.bucket = TokenBucket(self.config.rate, self.config.burst, time.monotonic())
         self._send_lock = asyncio.Lock()  # the receive loop and frame deliveries both send
         self._tasks: set[asyncio.Task] = set()
-        self.closed = False
+        self._runner: asyncio.Task | None = None  # the task running the receive loop (the ASGI handler's)
+        self.closed = self.dropped = False
 
     async def run(self) -> None:
         worker = self.studio.worker
         worker.connect(self.id, self._answer_from_worker)
+        self._runner = asyncio.current_task()
         try:
             await self._send_text(self.studio.status_message())
             while True:
@@ -70,6 +74,10 @@ class Connection:
                 await self._handle(message.get("text") if message.get("text") is not None else message.get("bytes"))
         except (WebSocketDisconnect, RuntimeError, ConnectionError):
             return  # the client vanished; its in-flight result will find it gone
+        except asyncio.CancelledError:
+            if not self.dropped:
+                raise
+            self._runner.uncancel()  # a delivery ended this connection (_drop_slow_reader): a normal end, not a shutdown
         finally:
             self.closed = True
             worker.disconnect(self.id)
@@ -151,8 +159,7 @@ class Connection:
             metrics.observe("encode", encode_ms)
             metrics.observe("server_total", (time.perf_counter() - job.submitted_at) * 1000)
         except asyncio.TimeoutError:  # a client that stops reading must not hold a frame forever
-            log.info("client %s stopped reading; closing", self.id)
-            await self._close(1008)
+            await self._drop_slow_reader()
         except (WebSocketDisconnect, RuntimeError, ConnectionError):
             pass
         finally:
@@ -169,8 +176,16 @@ class Connection:
             if self.ws.application_state == WebSocketState.CONNECTED:
                 await self.ws.send_bytes(data)
 
-    async def _close(self, code: int) -> None:
+    async def _drop_slow_reader(self) -> None:
+        """The client has not read a frame for send_timeout_s. Send the 1008 close, waiting at most CLOSE_WAIT_S (it
+        goes out only if the client's socket drains), then end the connection's receive loop wherever it waits
+        (reading, or sending an error into the same full socket): nothing keeps waiting on that socket."""
+        log.info("client %s stopped reading; closing", self.id)
+        self.studio.metrics.count("slow_readers_dropped")
+        self.closed = self.dropped = True
         try:
-            await self.ws.close(code=code)
-        except RuntimeError:
-            pass
+            await asyncio.wait_for(self.ws.close(code=1008), CLOSE_WAIT_S)
+        except (asyncio.TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the close frame could not be sent: the socket is still full, or already gone
+        if self._runner is not None:
+            self._runner.cancel()

@@ -17,7 +17,16 @@ class Metrics:
         self._lock = threading.Lock()
         self._samples: dict[str, deque] = {}
         self._frame_times: deque = deque(maxlen=100_000)
-        self.counters = {"frames": 0, "batches": 0, "batched_requests": 0, "stale_dropped": 0, "errors": 0, "rejected_connections": 0, "connections": 0}
+        self.counters = {
+            "frames": 0,
+            "batches": 0,
+            "batched_requests": 0,
+            "stale_dropped": 0,
+            "errors": 0,
+            "rejected_connections": 0,
+            "connections": 0,
+            "slow_readers_dropped": 0,
+        }
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
