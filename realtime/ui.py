@@ -117,9 +117,10 @@ def compare_steps(studio, prompt, seed, size):
     except StudioError as e:
         raise gr.Error(str(e)) from None
     items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
+    compared = f"Compared: “{html.escape(prompt or '')}” · seed {int(seed or 0)} · {int(size)}×{int(size)} px\n\n"
     rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
     rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |" for r in results]
-    return items, "\n".join(rows)
+    return items, compared + "\n".join(rows)
 
 
 def _gradio_renderer(studio):

@@ -7,6 +7,7 @@
   let root, canvas, hud, messageBox, config, ws;
   let seq = 0, lastDrawn = -1, drawnMeta = null, retryTimer = null, reconnectDelay = 500;
   let dormant = false, idleClosed = false; // closed for idling or a full server: reconnect when the user acts again, not in a loop
+  let compared = null; // the prompt, seed and size the Compare panel was asked for
   const drawTimes = [];
 
   function init(tries = 0) {
@@ -25,6 +26,9 @@
     document.addEventListener("input", (e) => {
       if (e.target && e.target.closest && e.target.closest("#prompt")) { state.prompt = e.target.value; send(); }
     }, true);
+    document.addEventListener("click", (e) => {
+      if (e.target && e.target.closest && e.target.closest("#compare")) { compared = inputsKey(); markCompareStale(); }
+    }, true);
     connect();
   }
 
@@ -37,6 +41,7 @@
     ws.onopen = () => {
       reconnectDelay = 500;
       ws.send(JSON.stringify({ type: "hello", version: 1 }));
+      if (lastDrawn < 0) hud.textContent = "connected — type a prompt";
       if (state.prompt) send(); // after a reconnect, show what the box holds now
     };
     ws.onmessage = (ev) => (typeof ev.data === "string" ? onText(ev.data) : onFrame(ev.data));
@@ -50,6 +55,7 @@
   }
 
   function send() {
+    markCompareStale();
     if (dormant) { dormant = idleClosed = false; connect(); return; } // onopen sends the current state
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
     seq += 1;
@@ -105,9 +111,22 @@
   function showHud(h, rtt) {
     const t = h.timings_ms || {};
     const stages = ["text", "denoise", "decode", "encode"].filter((k) => k in t).map((k) => `${k} ${t[k].toFixed(0)}`).join(" · ");
-    const fps = drawTimes.length > 1 ? ((drawTimes.length - 1) * 1000) / (drawTimes[drawTimes.length - 1] - drawTimes[0]) : 0;
+    // A rate needs two frames in the last 2 s: a lone frame after a pause is not "0.0 fps".
+    const span = drawTimes[drawTimes.length - 1] - drawTimes[0];
+    const fps = drawTimes.length > 1 && span > 0 ? ` · ${(((drawTimes.length - 1) * 1000) / span).toFixed(1)} fps` : "";
     hud.textContent = `#${h.seq} · ${h.steps} step${h.steps === 1 ? "" : "s"} · ${h.width}×${h.height} · ${stages} · ` +
-      `queue ${h.queue_ms.toFixed(0)} ms · ${rtt === null ? "" : `key→frame ${rtt.toFixed(0)} ms · `}${fps.toFixed(1)} fps`;
+      `queue ${h.queue_ms.toFixed(0)} ms${rtt === null ? "" : ` · key→frame ${rtt.toFixed(0)} ms`}${fps}`;
+  }
+
+  function inputsKey() { return JSON.stringify([state.prompt, state.seed, state.width]); }
+
+  // The Compare panel shows what it was asked for; once the prompt, seed or size change it says it is stale.
+  function markCompareStale() {
+    const panel = document.getElementById("compare-latency");
+    if (!panel || compared === null) return;
+    const stale = compared !== inputsKey();
+    panel.classList.toggle("stale", stale);
+    root.dataset.compareStale = String(stale);
   }
 
   function setState(s) { if (root) root.dataset.state = s; }

@@ -96,9 +96,32 @@ def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_stud
     rows = compare(page, len(studio.engine.steps))
     # no reference variant in the tiny model: most steps first
     assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [str(s) for s in sorted(studio.engine.steps, reverse=True)]
-    assert "ms" in page.locator("#compare-latency").inner_text()
+    latency = page.locator("#compare-latency")
+    assert "ms" in latency.inner_text()
+    seed = page.locator("#seed input").input_value()
+    prompt = page.locator("#prompt textarea").input_value()
+    assert f"Compared: “{prompt}” · seed {seed} · 256×256 px" in latency.inner_text()  # what it compared
+    assert "stale" not in (latency.get_attribute("class") or "")
     page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
     assert Image.open(tmp_path / "studio.png").size[0] >= 1000
+    page.locator("#prompt textarea").press("End")
+    page.locator("#prompt textarea").press_sequentially("s", delay=15)  # the inputs change: the comparison is stale
+    page.wait_for_function("() => document.getElementById('compare-latency').classList.contains('stale')")
+    assert dataset(page)["compareStale"] == "true"
+
+
+def test_a_fresh_page_says_it_is_connected_and_shows_no_rate_for_a_lone_frame(browser, tiny_studio):
+    address, _ = tiny_studio
+    page = browser.new_page(viewport={"width": 1360, "height": 980})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"http://{address}/")
+    page.wait_for_selector("#studio-root[data-state='ready']")
+    assert page.locator("#studio-hud").inner_text() == "connected — type a prompt"
+    page.locator("#prompt textarea").press_sequentially("a", delay=15)
+    wait_for_last_frame(page)
+    hud = page.locator("#studio-hud").inner_text()
+    assert hud.startswith("#1 ·") and "fps" not in hud  # one frame is no rate (it used to say 0.0 fps)
+    page.close()
 
 
 @pytest.fixture(scope="module")
