@@ -2,13 +2,14 @@
 SDXL-shaped model (for tests and the offline embedded default). Nothing here touches the network."""
 
 import json
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+import assets
+
+ASSETS = assets.ROOT
 SDXL_CONFIGS = ASSETS / "configs" / "sdxl"
 CLIP_VOCAB_SIZE = 49408
 

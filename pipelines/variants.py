@@ -11,6 +11,8 @@ from pathlib import Path
 
 from diffusers import EulerDiscreteScheduler
 
+import assets
+
 from .errors import InvalidModel, WeightsUnavailable
 
 MANIFEST_NAME = "studio_manifest.json"
@@ -22,7 +24,7 @@ LIGHTNING_REPO = "ByteDance/SDXL-Lightning"
 VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
 TAESD_XL = "madebyollin/taesdxl"
 # The embedded default: the shapes world's model, shipped with the code (trained by `python -m distill.shapes`).
-SHAPES_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes"
+SHAPES_FOLDER = assets.ROOT / "models" / "shapes"
 # Manifest keys that describe the model as a whole (all optional).
 MANIFEST_EXTRAS = ("description", "live_steps", "reference_steps", "resolution", "examples")
 

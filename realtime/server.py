@@ -4,15 +4,15 @@ Order matters: gr.mount_gradio_app mounts a catch-all at "/", so our routes must
 off because Gradio's Node SSR proxy does not forward WebSocket upgrades.
 """
 
-from pathlib import Path
-
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+import assets
+
 from . import connection
 
-WEB_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "web"
+WEB_ASSETS = assets.ROOT / "web"
 
 
 def create_app(studio, ui: bool = True) -> FastAPI:

@@ -11,15 +11,15 @@ import html
 import json
 import os
 import time
-from pathlib import Path
 
 import gradio as gr
 
+import assets
 from pipelines import GenerationRequest, StudioError
 
 from .protocol import MAX_SEED
 
-WEB = Path(__file__).resolve().parent.parent / "assets" / "web"
+WEB = assets.ROOT / "web"
 _VERSION = str(int(max(p.stat().st_mtime for p in WEB.iterdir())))  # cache-busts the assets when they change
 HEAD = f'<link rel="stylesheet" href="/studio-assets/studio.css?v={_VERSION}"><script src="/studio-assets/studio.js?v={_VERSION}" defer></script>'
 SIDES = (128, 256, 384, 512, 640, 768, 1024, 1536, 2048)
