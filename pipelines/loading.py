@@ -1,18 +1,21 @@
 """Turn a ModelSpec into resident modules: one StableDiffusionXLPipeline holding the shared components, plus a
 UNet (or a LoRA adapter on the base UNet) per step variant. Safetensors only; never pickle.
 
-Weights come from the hub through huggingface_hub (which honours HF_HUB_OFFLINE and its cache), from a local
-folder, or are built in code (tiny, random-sdxl). Missing weights raise WeightsUnavailable naming the repo, the
-file and how to get them, instead of a stack trace or a hang.
+Weights come from the hub through huggingface_hub (its cache first, then the network unless HF_HUB_OFFLINE is
+set), from a local folder, or are built in code (tiny, random-sdxl). Missing weights raise WeightsUnavailable
+naming the repo, the file and how to get them, instead of a stack trace or a hang.
 """
 
+import functools
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -37,10 +40,37 @@ class LoadedModel:
 
 def fetch(repo: str, filename: str) -> str:
     """Path of `filename` from hub repo `repo` (cache first). Raises WeightsUnavailable with instructions."""
+    return _from_hub(hf_hub_download, repo, filename, repo, filename)
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub's host accepts a TCP connection at all. Without a network, huggingface_hub retries its
+    requests for ~30 s before it gives up; this answers in at most a few seconds, once per process."""
+    url = urlparse(constants.ENDPOINT)
     try:
-        return hf_hub_download(repo, filename)
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub(call, repo: str, filename: str | None, *args, **kwargs):
+    """call(*args, **kwargs) against the Hugging Face cache only, then, if that misses and the hub can be reached, with
+    the network; 'not found / offline / unreachable' becomes WeightsUnavailable."""
+    try:
+        return call(*args, local_files_only=True, **kwargs)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise WeightsUnavailable(_how_to_get(repo, filename, error)) from None
+        missing = error
+    if not constants.HF_HUB_OFFLINE:
+        if not hub_reachable():
+            host = urlparse(constants.ENDPOINT).hostname
+            raise WeightsUnavailable(_how_to_get(repo, filename, ConnectionError(f"it is not in the Hugging Face cache and {host} cannot be reached")))
+        try:
+            return call(*args, **kwargs)
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+            missing = error
+    raise WeightsUnavailable(_how_to_get(repo, filename, missing)) from None
 
 
 def _how_to_get(repo: str, filename: str | None, error: Exception) -> str:
@@ -55,11 +85,13 @@ def _how_to_get(repo: str, filename: str | None, error: Exception) -> str:
 
 
 def _from_hub_or_folder(loader, source: str, **kwargs):
-    """Call a diffusers from_pretrained, turning 'not found / offline' into WeightsUnavailable."""
-    try:
-        return loader(source, use_safetensors=True, **kwargs)
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, EnvironmentError) as error:
-        raise WeightsUnavailable(_how_to_get(source, None, error)) from None
+    """Call a diffusers from_pretrained on a local folder or a hub repo, turning 'not found / offline' into WeightsUnavailable."""
+    if Path(source).is_dir():
+        try:
+            return loader(source, use_safetensors=True, **kwargs)
+        except OSError as error:
+            raise WeightsUnavailable(_how_to_get(source, None, error)) from None
+    return _from_hub(loader, source, None, source, use_safetensors=True, **kwargs)
 
 
 def _local_path(spec: ModelSpec, relative: str) -> Path:
@@ -123,9 +155,11 @@ def _variant_unet(spec: ModelSpec, variant: Variant, base_config_source, dtype) 
 
 
 def _hub_unet_config(base: str):
+    if not Path(base).is_dir():
+        return _from_hub(UNet2DConditionModel.load_config, base, "unet/config.json", base, subfolder="unet")
     try:
         return UNet2DConditionModel.load_config(base, subfolder="unet")
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except OSError as error:
         raise WeightsUnavailable(_how_to_get(base, "unet/config.json", error)) from None
 
 

@@ -48,6 +48,17 @@ def test_offline_lightning_is_a_message_not_a_stack_trace(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_without_a_network_lightning_says_so_without_huggingface_hubs_retries(tmp_path):
+    """HF_HUB_OFFLINE unset and the hub unreachable (a closed local port stands in for a dead network): the cache is
+    checked, one connection attempt fails, and the answer names the file and why, not a retry storm (~30 s)."""
+    env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "generate", "x", "--model", "lightning", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "sdxl_lightning_1step_unet_x0.safetensors from ByteDance/SDXL-Lightning: it is not in the Hugging Face cache and 127.0.0.1 cannot be reached" in done.stderr
+
+
 def test_help_explains_models_and_examples(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
