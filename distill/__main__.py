@@ -12,7 +12,7 @@ from pipelines.errors import StudioError
 from .config import describe, load_config
 
 EPILOG = """examples:
-  python -m distill plan distill/configs/tiny.toml
+  python -m distill plan --config distill/configs/tiny.toml
   python -m distill precompute --config my.toml            # VAE latents + text embeddings -> safetensors shards
   python -m distill train --config distill/configs/tiny.toml
   python -m distill train --config my.toml --resume         # continue the exact stage, phase and step
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="check a config and print the resolved stage/phase plan")
-    plan.add_argument("config", type=Path)
+    plan.add_argument("--config", type=Path, required=True, help="the plan (TOML; see docs/distill.md)")
 
     pre = sub.add_parser("precompute", help="cache VAE latents and text embeddings (or teacher-generated latents in prompts mode)")
     pre.add_argument("--config", type=Path, required=True, help="the plan; its [data] table says what to cache")

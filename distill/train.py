@@ -33,7 +33,7 @@ from pipelines.errors import WeightsUnavailable
 from pipelines.variants import SHAPES_FOLDER
 
 from . import checkpoint
-from .config import Config, lineage, teacher_of
+from .config import Config, ConfigError, lineage, teacher_of
 from .data import LatentCache, precompute
 from .discriminator import Discriminator, renoise_timesteps
 from .lora import add_lora, lora_state_dict_diffusers, merge_lora, teacher_context
@@ -295,7 +295,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     accelerator.init_trackers("distill")
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if fsdp and not accelerator.is_fsdp2:
-        raise ValueError("FSDP runs need fsdp_version: 2 in the accelerate config (distill/configs/accelerate_fsdp.yaml)")
+        raise ConfigError("FSDP runs need fsdp_version: 2 in the accelerate config (distill/configs/accelerate_fsdp.yaml)")
     if fsdp:  # gather weights in the compute dtype, but average gradients in fp32 as DDP does (accelerate's: bf16)
         accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
             param_dtype=DTYPES[tc.mixed_precision], reduce_dtype=torch.float32, output_dtype=DTYPES[tc.mixed_precision]

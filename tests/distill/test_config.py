@@ -117,7 +117,7 @@ def test_bad_config_is_refused_before_any_model_loads(tmp_path, monkeypatch, cap
     monkeypatch.setattr(train, "load_components", forbidden)
     bad = tmp_path / "bad.toml"
     bad.write_text((CONFIGS / "tiny.toml").read_text().replace("student_steps = 8", "student_steps = 64", 1))
-    for command in (["train", "--config", str(bad)], ["precompute", "--config", str(bad)], ["plan", str(bad)]):
+    for command in (["train", "--config", str(bad)], ["precompute", "--config", str(bad)], ["plan", "--config", str(bad)]):
         with pytest.raises(SystemExit) as e:
             cli.main(command)
         assert e.value.code == 2
@@ -125,7 +125,7 @@ def test_bad_config_is_refused_before_any_model_loads(tmp_path, monkeypatch, cap
 
 
 def test_plan_prints_the_resolved_plan(capsys):
-    cli.main(["plan", str(CONFIGS / "tiny.toml")])
+    cli.main(["plan", "--config", str(CONFIGS / "tiny.toml")])
     out = capsys.readouterr().out
     assert "stage 3 2step: 4 -> 2 steps" in out and "teacher: 8step at 8 steps" in out and "merge LoRA" in out
     assert out.strip() == describe(load_config(CONFIGS / "tiny.toml")).strip()
