@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from pipelines.architectures import sdxl_unet, tiny_components
+from pipelines.conditioning import random_conditioning
 
 from .config import PhaseConfig, StageConfig, TrainConfig
 from .discriminator import Discriminator
@@ -41,17 +42,6 @@ PHASE_TYPES = [  # (name, stage, phase): each phase type of the paper's plan, on
         StageConfig("1step", 2, 1, (PhaseConfig("conditional", "full", 1, 5e-7, renoise_weights=(1, 1, 1, 1), **PAPER),), "sample"),
     ),
 ]
-
-
-def random_cond(unet, batch: int, resolution: int, device) -> dict:
-    """SDXL-shaped conditioning for this UNet: prompt embeddings, pooled embedding, micro-conditioning."""
-    c = unet.config
-    pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
-    return {
-        "encoder_hidden_states": torch.randn(batch, 77, c.cross_attention_dim, device=device),
-        "text_embeds": torch.randn(batch, pooled, device=device),
-        "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=torch.float32, device=device),
-    }
 
 
 def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_dtype, steps, checkpointing) -> dict:
@@ -79,7 +69,7 @@ def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_d
     x_t = torch.randn(batch, base.config.in_channels, size, size, generator=generator).to(device)
     t = training_timesteps(stage.student_steps)[0]
     t_next = student_jump(t, stage.teacher_steps, stage.student_steps)
-    cond = random_cond(base, batch, resolution, device)
+    cond = random_conditioning(base.config, batch, resolution, device)
     alphas_bar = torch.linspace(0.9991, 0.0047, 1000, device=device)  # SDXL's range; values do not change the cost
 
     opt, settings = Optimizers(g_params, g_opt, d_params, d_opt), TrainConfig(batch_size=batch)

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from pipelines.conditioning import micro_conditioning
 from pipelines.errors import StudioError
 
 from .checkpoint import atomic_write_text
@@ -200,8 +201,8 @@ def precompute(config, components: dict, out: Path, device="cpu", batch_size: in
 def _encode(pipe, batch, d, alphas_bar, generator, device) -> dict:
     captions = [s.caption for s, _, _ in batch]
     embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    time_ids = torch.tensor([[*micro, d.resolution, d.resolution] for _, _, micro in batch], dtype=torch.float32, device=device)
-    cond = {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids}
+    rows = [micro_conditioning(micro[:2], micro[2:], (d.resolution, d.resolution)) for _, _, micro in batch]
+    cond = {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": torch.tensor(rows, dtype=torch.float32, device=device)}
     if batch[0][1] is not None:
         pixels = torch.stack([p for _, p, _ in batch]).to(device, pipe.vae.dtype)
         latents = pipe.vae.encode(pixels).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
@@ -209,7 +210,7 @@ def _encode(pipe, batch, d, alphas_bar, generator, device) -> dict:
         size = d.resolution // pipe.vae_scale_factor
         noise = torch.randn((len(batch), pipe.unet.config.in_channels, size, size), generator=generator, device=device)
         latents = teacher_solve(pipe.unet, noise, 999, CLEAN, d.generate_steps, cond, alphas_bar, guidance_scale=d.generate_guidance, uncond=zero_uncond(cond))
-    return {"latents": latents.float(), "encoder_hidden_states": embeds.float(), "text_embeds": pooled.float(), "time_ids": time_ids, "captions": captions}
+    return {"latents": latents.float(), **{key: value.float() for key, value in cond.items()}, "captions": captions}
 
 
 class LatentCache:

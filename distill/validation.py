@@ -7,6 +7,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
+from pipelines.conditioning import time_ids
+
 from .config import Config
 from .schedule import CLEAN
 from .solver import teacher_solve, zero_uncond
@@ -18,8 +20,7 @@ def encode_prompts(components: dict, prompts, resolution: int, device) -> dict:
     pipe = StableDiffusionXLPipeline(**{k: components[k] for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
     pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
     embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
-    return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.float()}
+    return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids(resolution, resolution, len(prompts), device)}
 
 
 def validation_inputs(config: Config, components: dict, device):

@@ -9,6 +9,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 import assets
 
+from .conditioning import TOKEN_WINDOW
+
 ASSETS = assets.ROOT
 SDXL_CONFIGS = ASSETS / "configs" / "sdxl"
 CLIP_VOCAB_SIZE = 49408
@@ -58,7 +60,7 @@ TINY_TEXT = dict(
     num_hidden_layers=2,
     projection_dim=32,
     vocab_size=CLIP_VOCAB_SIZE,
-    max_position_embeddings=77,
+    max_position_embeddings=TOKEN_WINDOW,
     hidden_act="gelu",
     bos_token_id=0,
     eos_token_id=2,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from .conditioning import random_conditioning
 from .flops import count_flops, measured_peak_tflops
 from .requests import GenerationRequest
 from .startup import load_engine
@@ -88,12 +89,8 @@ def module_flops(engine, steps: int, batch: int, size: int, vae: str) -> tuple[i
     unet, device, dtype = engine.model.unets[steps], engine.device, engine.dtype
     latent = size // engine.pipe.vae_scale_factor
     x = torch.randn(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
-    text = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-    cond = {
-        "text_embeds": torch.randn(batch, pooled_dim, device=device, dtype=dtype),
-        "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch, device=device, dtype=dtype),
-    }
+    cond = random_conditioning(unet.config, batch, size, device, dtype)
+    text = cond.pop("encoder_hidden_states")
     unet_flops = count_flops(unet, x, torch.tensor(999.0, device=device), encoder_hidden_states=text, added_cond_kwargs=cond)
     decoder = engine.pipe.vae if vae == "full" else engine.model.vae_tiny
     decode_flops = count_flops(decoder.decode, x.to(decoder.dtype))

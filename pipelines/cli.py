@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .conditioning import TOKEN_WINDOW
+
 EPILOG_GENERATE = """examples:
   python -m pipelines generate "a red circle on the left" --model shapes --steps 32 --out c.png (offline, CPU)
   python -m pipelines generate "a red fox in snow" --model tiny --size 256 --out fox.png     (offline, CPU)
@@ -89,7 +91,7 @@ def generate(args) -> None:
     request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.steps[0], width=args.width or size, height=args.height or size)
     result = engine.generate([request], vae=args.vae)[0]
     if result.dropped_tokens:
-        print(f"note: the prompt is longer than the 77-token window; {result.dropped_tokens} tokens were cut off", file=sys.stderr)
+        print(f"note: the prompt is longer than the {TOKEN_WINDOW}-token window; {result.dropped_tokens} tokens were cut off", file=sys.stderr)
     metadata = PngInfo()
     for key, value in {
         "prompt": request.prompt,

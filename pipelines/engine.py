@@ -14,11 +14,11 @@ from contextlib import contextmanager
 import torch
 
 from . import backends, sampling
+from .conditioning import MAX_SEED, TOKEN_WINDOW, time_ids
 from .errors import InvalidRequest, NonFiniteOutput
 from .loading import LoadedModel
-from .requests import MAX_SEED, GenerationRequest, GenerationResult
+from .requests import GenerationRequest, GenerationResult
 
-TOKEN_WINDOW = 77
 TRUNCATION_NOTICE = "The following part of your input was truncated"
 
 
@@ -197,8 +197,7 @@ class Engine:
         copies = 2 if guidance else 1
         if guidance:
             embeds, pooled = torch.cat([torch.zeros_like(embeds), embeds]), torch.cat([torch.zeros_like(pooled), pooled])
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype).repeat(copies * len(noise), 1)
-        conditioning = {"text_embeds": pooled, "time_ids": time_ids}
+        conditioning = {"text_embeds": pooled, "time_ids": time_ids(height, width, copies * len(noise), self.device, self.dtype)}
         x = noise * sampling.initial_noise_scale(torch.tensor(sigmas))
         for i, t in enumerate(timesteps):
             backends.step_begin(self.backend, self.device)

@@ -4,8 +4,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAX_SEED = 2**63 - 1
-
 
 @dataclass(frozen=True)
 class GenerationRequest:

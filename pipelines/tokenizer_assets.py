@@ -11,10 +11,11 @@ import gzip
 import json
 from pathlib import Path
 
+from .conditioning import TOKEN_WINDOW
+
 # CLIP keeps the first 48894 merges of the file (its vocab is 49152 - 256 bytes - 2 specials + header line).
 CLIP_MERGE_LINES = slice(1, 49152 - 256 - 2 + 1)
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
-MAX_LENGTH = 77
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -41,7 +42,7 @@ def clip_vocab_and_merges(bpe_text: str) -> tuple[dict[str, int], list[str]]:
 def tokenizer_config(pad_token: str) -> dict:
     return {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_LENGTH,
+        "model_max_length": TOKEN_WINDOW,
         "bos_token": SPECIAL_TOKENS[0],
         "eos_token": SPECIAL_TOKENS[1],
         "unk_token": SPECIAL_TOKENS[1],

@@ -9,10 +9,11 @@ import json
 import struct
 from dataclasses import dataclass
 
+from pipelines.conditioning import MAX_SEED
+
 VERSION = 1
 MAX_MESSAGE_BYTES = 4096  # a generate message with a long prompt is well under 1 KiB
-MAX_PROMPT_CHARS = 2000  # far beyond 77 tokens; tokens past the encoder's window are reported per frame
-MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000  # far beyond TOKEN_WINDOW tokens; tokens past the encoder's window are reported per frame
 MAX_SEQ = 2**53 - 1  # JavaScript's largest exact integer: the browser client counts seq in a Number
 
 GENERATE_FIELDS = {"type", "seq", "prompt", "seed", "steps", "width", "height"}

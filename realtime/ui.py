@@ -16,8 +16,7 @@ import gradio as gr
 
 import assets
 from pipelines import GenerationRequest, StudioError
-
-from .protocol import MAX_SEED
+from pipelines.conditioning import MAX_SEED
 
 WEB = assets.ROOT / "web"
 _VERSION = str(int(max(p.stat().st_mtime for p in WEB.iterdir())))  # cache-busts the assets when they change

@@ -15,6 +15,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 
 from pipelines.architectures import base_scheduler, load_tokenizers
+from pipelines.conditioning import TOKEN_WINDOW
 
 from . import judge as judge_lib
 from . import metrics, models
@@ -38,7 +39,7 @@ class PromptEncoder:
         rows = []
         for p in prompts:
             if (p, k) not in self.ids:
-                self.ids[p, k] = self.tokenizers[k](p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids[0]
+                self.ids[p, k] = self.tokenizers[k](p, padding="max_length", max_length=TOKEN_WINDOW, truncation=True, return_tensors="pt").input_ids[0]
             rows.append(self.ids[p, k])
         return torch.stack(rows)
 

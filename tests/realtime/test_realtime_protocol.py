@@ -48,7 +48,7 @@ def test_valid_messages_parse():
         (with_(prompt="\udfff"), "invalid_text"),
         (with_(seed=1.5), "bad_type"),
         (with_(seed=-1), "out_of_range"),
-        (with_(seed=2**32), "out_of_range"),
+        (with_(seed=2**53), "out_of_range"),
         (with_(steps=3), "out_of_range"),
         (with_(steps="2"), "bad_type"),
         (with_(width=250), "out_of_range"),
