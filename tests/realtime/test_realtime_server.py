@@ -7,12 +7,15 @@ import time
 from contextlib import ExitStack, contextmanager
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from realtime_fakes import FAIL_PROMPT, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from pipelines import GenerationRequest
+from realtime.frames import encode_jpeg
 from realtime.protocol import unpack_frame
 
 RECV_LIMIT_S = 60  # only stops a hung test; nothing asserts speed
@@ -82,16 +85,31 @@ def test_typing_streams_frames_in_order_and_the_last_request_is_answered_last(ti
     assert image.format == "JPEG" and image.size == (96, 64)
 
 
+def decoded(jpeg: bytes):
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float32)
+
+
+def direct_render(studio, prompt, seed, steps, width, height):
+    """The same request rendered by the studio's own worker (the engine the stream uses, same decoder), through the
+    frames' JPEG encoder: what the stream would send for it."""
+    (result,) = studio.worker.run([GenerationRequest(prompt, seed, steps, width, height)], vae=studio.config.preview_vae)
+    return decoded(encode_jpeg(result.image))
+
+
 def test_every_client_gets_its_own_last_frame_while_others_type(tiny_studio):
-    address, _ = tiny_studio
-    outcomes = {}
+    """Four clients type at once (two variants and sizes, so batches mix clients); each one's final frame is its own
+    final request's picture: its direct render, JPEG-encoded the same way, up to batching's float noise, and far from every other client's."""
+    address, studio = tiny_studio
+    outcomes, finals = {}, {}
 
     def client(index):
+        shape = dict(steps=1 + index % 2, width=64 + 8 * (index % 2), height=64, seed=index)
+        finals[index] = (f"client {index} key 8", shape)
         with open_client(address) as ws:
             for seq in range(1, 9):
-                ws.send(generate(seq, f"client {index} key {seq}", steps=1 + index % 2, width=64 + 8 * (index % 2), seed=index))
+                ws.send(generate(seq, f"client {index} key {seq}", **shape))
             frames, _ = frames_until(ws, 8)
-            outcomes[index] = [h["seq"] for h, _ in frames]
+            outcomes[index] = ([h["seq"] for h, _ in frames], decoded(frames[-1][1]))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for t in threads:
@@ -99,8 +117,28 @@ def test_every_client_gets_its_own_last_frame_while_others_type(tiny_studio):
     for t in threads:
         t.join()
     assert sorted(outcomes) == [0, 1, 2, 3]
-    for seqs in outcomes.values():
+    renders = {i: direct_render(studio, prompt, **shape) for i, (prompt, shape) in finals.items()}
+    for index, (seqs, last) in outcomes.items():
         assert seqs == sorted(set(seqs)) and seqs[-1] == 8
+        own = np.abs(last - renders[index]).mean()
+        others = [np.abs(last - renders[j]).mean() for j in renders if j != index and renders[j].shape == last.shape]
+        assert own < 1.0 and others and min(others) > 4 * own, (index, own, others)
+
+
+def test_a_burst_renders_fewer_frames_than_keystrokes_and_the_last_picture_is_the_last_prompts(tiny_studio):
+    """Latest wins: keystrokes that arrive while a frame renders replace each other, so a burst of 30 yields a few
+    frames, and the final one shows the final prompt (not an earlier one relabelled)."""
+    address, studio = tiny_studio
+    shape = dict(steps=1, width=64, height=64, seed=7)
+    with open_client(address) as ws:
+        for seq in range(1, 31):
+            ws.send(generate(seq, f"burst {seq}", **shape))
+        frames, _ = frames_until(ws, 30)
+    assert len(frames) < 30 and frames[-1][0]["seq"] == 30
+    last = decoded(frames[-1][1])
+    final, first = direct_render(studio, "burst 30", **shape), direct_render(studio, "burst 1", **shape)
+    own, earlier = np.abs(last - final).mean(), np.abs(last - first).mean()
+    assert own < 1.0 and earlier > 4 * own, (own, earlier)
 
 
 @pytest.mark.parametrize(
