@@ -77,10 +77,10 @@ def main(argv=None):
         if args.command == "plan":
             print(describe(config))
         elif args.command == "precompute":
-            from . import data, train
+            from . import data, stages
 
             out = args.out or Path(config.train.output_dir) / "cache"
-            index = data.precompute(config, train.load_components(config.model), out, args.device, args.batch_size)
+            index = data.precompute(config, stages.load_components(config.model), out, args.device, args.batch_size)
             print(
                 f"cached {index['count']} samples in {len(index['shards'])} shard(s) under {out}; skipped {index['skipped']} "
                 f"{index['skipped_reasons'] or ''}".rstrip()

@@ -28,7 +28,9 @@ from .config import PhaseConfig, StageConfig, TrainConfig
 from .discriminator import Discriminator
 from .lora import teacher_context
 from .schedule import student_jump, training_timesteps
-from .train import DTYPES, Optimizers, PhaseModels, cast_to, checkpoint_blocks, optimization_step, shape_student
+from .stages import cast_to, checkpoint_blocks, shape_student
+from .steps import Optimizers, PhaseModels, optimization_step
+from .train import DTYPES
 
 PAPER = dict(betas=(0.0, 0.99))
 PHASE_TYPES = [  # (name, stage, phase): each phase type of the paper's plan, on a stage where it occurs

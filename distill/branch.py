@@ -3,7 +3,7 @@
 An ablation or a baseline usually shares its first stages with a run that already exists. Every stage folder of the
 other run whose recorded lineage (model, data, weight-relevant training keys, the plan up to that stage) equals this
 plan's is linked into this run's output folder, and so is the latent cache when the data plan is the same; `train`
-then reuses those stages (see `train.finished`) and trains from the first one that differs.
+then reuses those stages (see `stages.finished`) and trains from the first one that differs.
 """
 
 import json

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -123,8 +124,22 @@ def latest(folder: Path) -> Path | None:
     return path
 
 
-def load(path: Path, config: dict) -> tuple[dict, dict, dict]:
-    """(weights by file stem, optimizer states, progress) of a checkpoint trained with `config`, else refuse."""
+@dataclass(frozen=True)
+class Resume:
+    """What a checkpoint hands back: weights by file stem, optimizer states, and progress (stage, phase, step...)."""
+
+    weights: dict
+    optimizers: dict
+    progress: dict
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(stage, phase) of a distillation checkpoint."""
+        return self.progress["stage"], self.progress["phase"]
+
+
+def load(path: Path, config: dict) -> Resume:
+    """The checkpoint at `path`, if it was trained with `config`; else refuse, listing the differing keys."""
     path = Path(path)
     state = json.loads((path / STATE).read_text())
     diff = config_diff(state["config"], config)
@@ -136,4 +151,4 @@ def load(path: Path, config: dict) -> tuple[dict, dict, dict]:
         )
     weights = {f.stem: load_file(f) for f in sorted(path.glob("*.safetensors"))}
     optimizers = torch.load(path / OPTIMIZERS, weights_only=True)
-    return weights, optimizers, state["progress"]
+    return Resume(weights, optimizers, state["progress"])

@@ -22,7 +22,7 @@ from pipelines.variants import Variant, write_manifest
 from .checkpoint import atomic_dir, link_tree
 from .config import Config
 from .lora import extract_lora, lora_state_dict_diffusers
-from .train import load_components, stage_dir
+from .stages import load_components, stage_dir
 
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
 

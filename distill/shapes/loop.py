@@ -81,13 +81,13 @@ def run(
     if latest is not None and not resume:
         raise checkpoint.CheckpointError(f"{ckpt_dir} already holds {latest.name}: pass --resume to continue it, or remove {folder}")
     if latest is not None:
-        weights, optimizers, progress = checkpoint.load(latest, config)
+        resumed = checkpoint.load(latest, config)
         for name, module in part.modules.items():
-            module.load_state_dict(weights[name])
-        part.optimizer.load_state_dict(optimizers[OPTIMIZER])
+            module.load_state_dict(resumed.weights[name])
+        part.optimizer.load_state_dict(resumed.optimizers[OPTIMIZER])
         if part.ema is not None:
-            part.ema.load_state_dict(optimizers[EMA])
-        start = progress["step"]
+            part.ema.load_state_dict(resumed.optimizers[EMA])
+        start = resumed.progress["step"]
         accelerator.print(f"{part.name}: resuming from {latest.name} (step {start} of {part.total_steps})")
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
     bar = tqdm(

@@ -22,10 +22,10 @@ def test_round_trip_and_rotation(tmp_path):
     for step in (1, 2, 3):
         _save(tmp_path, step, step)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-00000002", "checkpoint-00000003"]
-    weights, optimizers, progress = ckpt.load(ckpt.latest(tmp_path), CONFIG)
-    assert torch.equal(weights["student"]["w"], torch.full((3,), 3.0))
-    assert torch.equal(optimizers["g"]["state"][0]["exp_avg"], torch.ones(2) * 3)
-    assert progress == {"stage": 1, "phase": 0, "step": 3}
+    resumed = ckpt.load(ckpt.latest(tmp_path), CONFIG)
+    assert torch.equal(resumed.weights["student"]["w"], torch.full((3,), 3.0))
+    assert torch.equal(resumed.optimizers["g"]["state"][0]["exp_avg"], torch.ones(2) * 3)
+    assert resumed.progress == {"stage": 1, "phase": 0, "step": 3} and resumed.position == (1, 0)
 
 
 def test_no_checkpoint_means_fresh_start(tmp_path):
@@ -45,8 +45,8 @@ def test_full_disk_never_leaves_a_corrupt_latest(tmp_path, monkeypatch):
         _save(tmp_path, 2, 2.0)
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert ckpt.latest(tmp_path).name == "checkpoint-00000001"
-    weights, _, progress = ckpt.load(ckpt.latest(tmp_path), CONFIG)
-    assert torch.equal(weights["student"]["w"], torch.ones(3)) and progress["step"] == 1
+    resumed = ckpt.load(ckpt.latest(tmp_path), CONFIG)
+    assert torch.equal(resumed.weights["student"]["w"], torch.ones(3)) and resumed.progress["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] and not list(tmp_path.glob(".tmp-*"))
 
 
@@ -78,5 +78,4 @@ def test_checkpoint_from_another_config_is_refused_with_the_difference(tmp_path)
 def test_rewriting_the_same_step_replaces_it(tmp_path):
     _save(tmp_path, 5, 1.0)
     _save(tmp_path, 5, 7.0)  # after a resume, the same step is reached and saved again
-    weights, _, _ = ckpt.load(ckpt.latest(tmp_path), CONFIG)
-    assert torch.equal(weights["student"]["w"], torch.full((3,), 7.0))
+    assert torch.equal(ckpt.load(ckpt.latest(tmp_path), CONFIG).weights["student"]["w"], torch.full((3,), 7.0))

@@ -14,11 +14,14 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from distill import stages as distill_stages
+from distill import steps as distill_steps
 from distill import train as distill_train
 from distill.config import PhaseConfig, StageConfig, parse_config
 from distill.discriminator import Discriminator, mid_block_size
 from distill.schedule import add_noise, alphas_cumprod
 from distill.solver import unet_output
+from distill.student import student_step
 from pipelines.architectures import tiny_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +51,7 @@ def gan_setup(student_noise: float = 0.0):
     disc = Discriminator.from_unet(teacher, conditional=True, latent_size=8)  # as the trainer builds it for 64 px
     stage = StageConfig("2step", 4, 2, ())
     phase_config = PhaseConfig("conditional", "full", 1, 1e-3)
-    models = distill_train.PhaseModels(student, teacher, lambda unet: torch.no_grad(), 4, "epsilon", disc, disc)
+    models = distill_steps.PhaseModels(student, teacher, lambda unet: torch.no_grad(), 4, "epsilon", disc, disc)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(8, 4, 8, 8, generator=g)
     x_t = add_noise(x0, torch.randn(8, 4, 8, 8, generator=g), 999, ALPHAS_BAR)
@@ -64,13 +67,13 @@ def step(setup):
     """The trainer's student step, then its D step on the same fake (what the student's step started from)."""
     accelerator, stage, phase_config, m, x_t, cond = setup
     generator = torch.Generator().manual_seed(2)
-    loss_g, x_real, x_fake = distill_train.generator_step(accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, generator)
-    return (loss_g, *distill_train.discriminator_step(accelerator, phase_config, m, x_t, 999, 499, cond, x_real, x_fake, ALPHAS_BAR, generator))
+    loss_g, x_real, x_fake = distill_steps.generator_step(accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, generator)
+    return (loss_g, *distill_steps.discriminator_step(accelerator, phase_config, m, x_t, 999, 499, cond, x_real, x_fake, ALPHAS_BAR, generator))
 
 
 def d_of_fake(m, x_t, cond) -> float:
     with torch.no_grad():
-        fake = distill_train.student_step(m.student, x_t, 999, 499, cond, ALPHAS_BAR)[0]
+        fake = student_step(m.student, x_t, 999, 499, cond, ALPHAS_BAR)[0]
         return float(m.disc(fake, torch.full((len(x_t),), 499), cond, x_t, 999).mean())
 
 
@@ -136,19 +139,19 @@ def test_each_stage_learns_from_the_previous_stages_merged_student(tmp_path, mon
     """What teacher_solve runs, probed on a fixed input at every call: the base in stage 0; stage 0's saved student in
     stage 1 (through the LoRA student with its adapters off, then as a frozen copy); the base again for a skip phase."""
     probe_x, probe_cond, seen = torch.randn(1, 4, 8, 8), make_cond(1, seed=3), []
-    solve = distill_train.teacher_solve
+    solve = distill_steps.teacher_solve
 
     def probing_solve(unet, *args, **kwargs):
         with torch.no_grad():
             seen.append(unet_output(unet, probe_x, 499, probe_cond).float())
         return solve(unet, *args, **kwargs)
 
-    monkeypatch.setattr(distill_train, "teacher_solve", probing_solve)
+    monkeypatch.setattr(distill_steps, "teacher_solve", probing_solve)
     config = parse_config(plan(tmp_path, STAGES, checkpoint_every=1000))
     distill_train.train(config)
 
     components = tiny_components(0)
-    stage0 = distill_train.load_unet(config, "4step", components)
+    stage0 = distill_stages.load_unet(config, "4step", components)
     with torch.no_grad():
         base_out = unet_output(components["unet"], probe_x, 499, probe_cond)
         stage0_out = unet_output(stage0, probe_x, 499, probe_cond)
@@ -217,22 +220,22 @@ def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batc
 def test_d_steps_on_the_fake_of_the_updated_student_when_updates_alternate(tmp_path, monkeypatch, mode):
     """One optimizer step of an adversarial phase: alternating, D's fake is the jump of the student after its step;
     simultaneous, the jump of the student before it (the one the step started from)."""
-    seen, original = [], distill_train.discriminator_step
+    seen, original = [], distill_steps.discriminator_step
 
     def recording(accelerator, phase_config, m, x_t, t, t_next, cond, x_real, x_fake, *rest):
         seen.append((x_t, t, t_next, cond, x_fake))
         return original(accelerator, phase_config, m, x_t, t, t_next, cond, x_real, x_fake, *rest)
 
-    monkeypatch.setattr(distill_train, "discriminator_step", recording)
+    monkeypatch.setattr(distill_steps, "discriminator_step", recording)
     stages = [{"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("unconditional", "full", steps=1, lr=5e-3)]}]
     config = parse_config(plan(tmp_path, stages, checkpoint_every=1000, gan_updates=mode))
     distill_train.train(config)
 
     ((x_t, t, t_next, cond, x_fake),) = seen
     components = tiny_components(0)
-    students = {"after": distill_train.load_unet(config, "4step", components), "before": components["unet"]}
+    students = {"after": distill_stages.load_unet(config, "4step", components), "before": components["unet"]}
     with torch.no_grad():
-        jumps = {when: distill_train.student_step(unet, x_t, t, t_next, cond, ALPHAS_BAR)[0] for when, unet in students.items()}
+        jumps = {when: student_step(unet, x_t, t, t_next, cond, ALPHAS_BAR)[0] for when, unet in students.items()}
     expected, other = ("after", "before") if mode == "alternating" else ("before", "after")
     assert torch.allclose(x_fake, jumps[expected], atol=1e-5)
     assert (x_fake - jumps[other]).abs().max() > 1e-3

@@ -140,7 +140,7 @@ def test_merge_lands_on_the_stages_fp32_weights_not_their_bf16_rounding():
     """A LoRA phase runs its frozen base in bf16; the merge that follows must start from the fp32 weights the stage
     began with, or the previous full phase's small updates are rounded away at every stage boundary."""
     from distill.config import PhaseConfig, StageConfig
-    from distill.train import shape_student
+    from distill.stages import shape_student
     from pipelines.architectures import tiny_components
 
     student = tiny_components()["unet"].float()

@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distill import stages as distill_stages
+from distill import steps as distill_steps
 from distill import train as distill_train
 from distill.checkpoint import CheckpointError
 from distill.config import parse_config
@@ -274,7 +276,7 @@ def test_a_short_run_brings_the_one_step_student_closer_to_the_teacher(tmp_path)
     cond = encode_prompts(components, PROMPTS, config.data.resolution, "cpu")
     noise = torch.randn((len(PROMPTS), 4, 8, 8), generator=torch.Generator().manual_seed(1234))  # noise never trained on
     alphas_bar = components["scheduler"].alphas_cumprod
-    student = distill_train.load_unet(config, "2step", components).eval()
+    student = distill_stages.load_unet(config, "2step", components).eval()
     before = one_step_gap(teacher, teacher, cond, noise, alphas_bar)  # the student starts as the teacher
     after = one_step_gap(student, teacher, cond, noise, alphas_bar)
     # ~0.55x here after 60 steps; 0.75 leaves room for other BLAS/CPU rounding without letting "no learning" pass.
@@ -292,14 +294,14 @@ def test_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, monke
     ]
     config = parse_config(plan(tmp_path, stages, gradient_accumulation_steps=2, checkpoint_every=1000))
     calls = {"n": 0}
-    real_mse = distill_train.mse_loss
+    real_mse = distill_steps.mse_loss
 
     def poisoned_on_second_step(a, b):
         calls["n"] += 1
         loss = real_mse(a, b)
         return loss * float("nan") if calls["n"] in (3, 4) else loss  # micro-batches 3 and 4 = optimizer step 2
 
-    monkeypatch.setattr(distill_train, "mse_loss", poisoned_on_second_step)
+    monkeypatch.setattr(distill_steps, "mse_loss", poisoned_on_second_step)
     records = distill_train.train(config)
     assert calls["n"] == 6  # 3 optimizer steps x 2 accumulated micro-batches
     assert [r["skipped_steps"] for r in records] == [0, 1, 1]

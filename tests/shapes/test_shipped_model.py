@@ -70,7 +70,7 @@ def test_shapes_is_a_distill_base_loaded_in_fp32_and_exports_resolve_it(tmp_path
     import torch
 
     from distill.config import ModelConfig
-    from distill.train import load_components
+    from distill.stages import load_components
     from pipelines.variants import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
 
     parts = load_components(ModelConfig(base="shapes"))
