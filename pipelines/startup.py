@@ -1,6 +1,7 @@
 """load_engine: pick device, precision and model, load, compile, and say plainly what runs and why."""
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -48,12 +49,13 @@ def load_engine(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    options = LoadOptions(device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler)
     if model is not None:
-        return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, None)
+        return _load(model, options)
     model, notice = default_model(device)
     while True:
         try:
-            return _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice)
+            return _load(model, options, notice)
         except WeightsUnavailable as error:
             # The default must start anywhere: with no weights reachable, serve the next embedded model and say why.
             if model not in FALLBACKS:
@@ -63,18 +65,33 @@ def load_engine(
             notice = template.replace("{error}", str(error))
 
 
-def _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, notice) -> Engine:
-    if preview_vae not in (None, "full", "tiny"):
-        raise InvalidModel(f"preview_vae must be 'full' or 'tiny', got {preview_vae!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise InvalidModel(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    torch_dtype = DTYPES[dtype] if dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    steps = tuple(steps) if steps else None
-    spec = variants.resolve(model, base, steps).restricted_to(steps)
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load whichever model is asked for (load_engine's arguments, resolved once)."""
 
-    cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and compile_cache else None
+    device: torch.device
+    steps: tuple[int, ...] | None
+    backend: str
+    preview_vae: str | None
+    dtype: str | None
+    base: str | None
+    compile_cache: bool
+    check_finite: bool
+    compiler: str
+
+
+def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
+    if o.preview_vae not in (None, "full", "tiny"):
+        raise InvalidModel(f"preview_vae must be 'full' or 'tiny', got {o.preview_vae!r}")
+    if o.dtype is not None and o.dtype not in DTYPES:
+        raise InvalidModel(f"dtype must be one of {', '.join(DTYPES)}, got {o.dtype!r}")
+    device, backend = o.device, o.backend
+    torch_dtype = DTYPES[o.dtype] if o.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    spec = variants.resolve(model, o.base, o.steps).restricted_to(o.steps)
+
+    cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and o.compile_cache else None
     cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)
-    loaded = load_model(spec, device, torch_dtype, preview_vae == "tiny")
+    loaded = load_model(spec, device, torch_dtype, o.preview_vae == "tiny")
     key = spec.base if spec.base in BUILTIN_BASES else None
     size_limits, default_size = SIZE_LIMITS.get(key, (256, 2048)), DEFAULT_SIZE.get(key, 1024)
     if spec.resolution:  # a model trained small (the shapes world) serves its own size and up to twice it
@@ -87,11 +104,11 @@ def _load(model, device, steps, backend, preview_vae, dtype, base, compile_cache
         size_limits=size_limits,
         default_size=default_size,
         notice=notice,
-        check_finite=check_finite,
-        compiler=compiler,
+        check_finite=o.check_finite,
+        compiler=o.compiler,
         compile_cache=cache,
         compile_cache_loaded=cache_loaded,
     )
-    if preview_vae == "tiny":
+    if o.preview_vae == "tiny":
         engine.default_vae = "tiny"
     return engine

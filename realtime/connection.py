@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -19,13 +20,16 @@ from .frames import build_frame
 from .limits import TokenBucket, origin_allowed
 from .scheduler import Job, OutOfOrder
 
+if TYPE_CHECKING:
+    from .studio import Studio
+
 log = logging.getLogger("realtime.connection")
 _ids = itertools.count(1)
 # How long a client that stopped reading gets for the 1008 close frame to go out: it does only if its socket drains.
 CLOSE_WAIT_S = 2.0
 
 
-async def serve(ws: WebSocket, studio) -> None:
+async def serve(ws: WebSocket, studio: "Studio") -> None:
     """The /ws endpoint: refuse foreign origins before the handshake completes, then admit or turn away."""
     if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host")):
         studio.metrics.count("rejected_connections")
@@ -46,7 +50,7 @@ async def serve(ws: WebSocket, studio) -> None:
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, studio):
+    def __init__(self, ws: WebSocket, studio: "Studio"):
         self.ws, self.studio, self.config = ws, studio, studio.config
         self.id = next(_ids)
         self.loop = asyncio.get_running_loop()

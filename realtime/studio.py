@@ -8,6 +8,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .engine_contract import StudioEngine
 from .metrics import Metrics
 from .protocol import Limits
 from .worker import Worker
@@ -42,13 +43,13 @@ def describe_model(engine) -> str:
 
 
 class Studio:
-    def __init__(self, engine, config: StudioConfig = StudioConfig()):
+    def __init__(self, engine: StudioEngine, config: StudioConfig = StudioConfig()):
         self.engine, self.config = engine, config
         self.metrics = Metrics()
         self.limits = Limits(tuple(engine.steps), *engine.size_limits)
         size = config.warm_size or engine.default_size
         # Warm the stream's decoder and the full VAE (Compare steps uses it), at the size the UI starts with.
-        vaes = tuple(dict.fromkeys([config.preview_vae or getattr(engine, "default_vae", None) or "full", "full"]))
+        vaes = tuple(dict.fromkeys([config.preview_vae or engine.default_vae, "full"]))
         self.worker = Worker(
             engine,
             config.max_batch,

@@ -14,6 +14,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Callable, Hashable
 
+from .engine_contract import StudioEngine
 from .metrics import Metrics
 from .scheduler import Job, Scheduler
 
@@ -26,7 +27,7 @@ Answer = Callable[[Job, object, str | None, int], None]
 class Worker:
     def __init__(
         self,
-        engine,
+        engine: StudioEngine,
         max_batch: int = 4,
         vae: str | None = None,
         metrics: Metrics | None = None,

@@ -42,3 +42,17 @@ def test_counts_below_one_are_refused_by_the_parser(monkeypatch, capsys, flag):
     with pytest.raises(SystemExit):
         app.parse_args([flag, "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_engine_and_the_tests_fake_both_meet_the_studios_engine_contract():
+    """realtime reads only what StudioEngine names; the real engine and the fake the other tests use both have it."""
+    from realtime_fakes import FakeEngine
+
+    from pipelines import load_engine
+    from realtime.engine_contract import StudioEngine
+
+    assert isinstance(load_engine("tiny", device="cpu", steps=[1]), StudioEngine)
+    assert isinstance(FakeEngine(), StudioEngine)
+
+    incomplete = type("Incomplete", (), {k: v for k, v in vars(FakeEngine).items() if k != "live_steps"})()
+    assert not isinstance(incomplete, StudioEngine)  # the check does look at the attributes
