@@ -67,10 +67,10 @@ def test_manifest_names_every_stage_with_its_scheduler_settings(run):
     assert v.scheduler(stock_pipeline().scheduler.config).config.timestep_spacing == "trailing"
 
 
-def test_diffusers_lora_loads_in_the_stock_pipeline_and_reproduces_the_student(run):
-    _, folder = run
-    lora_file = folder / "4step" / "lora" / distill_export.DIFFUSERS_LORA
-    assert all(k.startswith("unet.") for k in load_file(lora_file))
+def load_and_check_lora(folder, lora_file, key_prefix: str):
+    """Load `lora_file` into the stock pipeline with load_lora_weights: it must change the base UNet into the trained
+    4-step student. -> the pipeline, LoRA loaded."""
+    assert all(k.startswith(key_prefix) for k in load_file(lora_file))
     pipe = stock_pipeline()
     base_out = unet_out(pipe.unet)
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
@@ -78,7 +78,12 @@ def test_diffusers_lora_loads_in_the_stock_pipeline_and_reproduces_the_student(r
     student_out = unet_out(UNet2DConditionModel.from_pretrained(folder / "4step" / "unet"))
     assert (lora_out - base_out).abs().max() > 1e-4  # the LoRA changes the pipeline's UNet
     torch.testing.assert_close(lora_out, student_out, atol=1e-4, rtol=1e-4)  # ... into the trained student
+    return pipe
 
+
+def test_diffusers_lora_loads_in_the_stock_pipeline_and_reproduces_the_student(run):
+    _, folder = run
+    pipe = load_and_check_lora(folder, folder / "4step" / "lora" / distill_export.DIFFUSERS_LORA, "unet.")
     prompt = dict(prompt="a photo of a cat", num_inference_steps=2, height=64, width=64, output_type="np", guidance_scale=0.0)
     with_lora = pipe(generator=torch.Generator().manual_seed(0), **prompt).images
     pipe.unload_lora_weights()
@@ -90,15 +95,7 @@ def test_kohya_file_loads_in_the_stock_pipeline_as_the_diffusers_lora_does(run):
     """A real consumer of kohya keys (diffusers' load_lora_weights converts them) gives the UNet the diffusers-format
     LoRA gives it, which is the trained student."""
     _, folder = run
-    kohya = folder / "4step" / "lora" / "4step_kohya.safetensors"
-    assert all(k.startswith("lora_unet_") for k in load_file(kohya))
-    pipe = stock_pipeline()
-    base_out = unet_out(pipe.unet)
-    pipe.load_lora_weights(str(kohya.parent), weight_name=kohya.name)
-    kohya_out = unet_out(pipe.unet)
-    student_out = unet_out(UNet2DConditionModel.from_pretrained(folder / "4step" / "unet"))
-    assert (kohya_out - base_out).abs().max() > 1e-4
-    torch.testing.assert_close(kohya_out, student_out, atol=1e-4, rtol=1e-4)
+    load_and_check_lora(folder, folder / "4step" / "lora" / "4step_kohya.safetensors", "lora_unet_")
 
 
 def test_exported_manifest_runs_in_the_engine(run):
