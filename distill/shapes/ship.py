@@ -107,5 +107,7 @@ def ship_students(students: dict[int, Path], live_steps: int, folder: Path = SHA
             shutil.rmtree(stale)
     manifest["variants"] = [{k: v for k, v in asdict(variant).items() if v is not None} for variant in variants.values()]
     manifest["live_steps"] = live_steps
+    distilled = sorted(students, reverse=True)
+    manifest["description"] = DESCRIPTION + (f"; its {'/'.join(map(str, distilled))}-step variants are distilled students" if distilled else "")
     atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2))
     return folder

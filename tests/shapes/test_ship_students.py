@@ -54,6 +54,7 @@ def test_a_student_serves_its_step_count_without_cfg_and_the_base_keeps_the_rest
     assert entry["unet_dir"] == "students/4step/unet" and entry["source_stage"] == "4step of plan.toml"
     engine = load_engine(str(model), device="cpu", steps=[32, 8, 4])
     assert engine.live_steps == 4 and engine.reference_steps == 32 and engine.guidance == {32: 5.0, 8: 5.0}
+    assert engine.description.endswith("its 4-step variants are distilled students")
     (served,) = engine.generate([GenerationRequest(PROMPT, seed=SEED, steps=4, width=SIZE, height=SIZE)], output_type="float")
     student = stock_image(model, model / "students" / "4step" / "unet", 4, 0.0)
     np.testing.assert_allclose(served.image, student, atol=2e-3, rtol=0)
@@ -68,7 +69,7 @@ def test_shipping_again_without_students_puts_the_base_back(model_and_export):
     ship_students({}, live_steps=8, folder=model)
     assert not any((model / "students").iterdir())
     manifest = json.loads((model / MANIFEST_NAME).read_text())
-    assert manifest["live_steps"] == 8
+    assert manifest["live_steps"] == 8 and "distilled" not in manifest["description"]
     assert all(e["guidance_scale"] == 5.0 and "unet_dir" not in e for e in manifest["variants"])
 
 
