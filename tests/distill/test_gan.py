@@ -4,8 +4,6 @@ learns from the previous stage's merged student; two DDP processes train what on
 
 import copy
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from distill.student import student_step
 from pipelines.architectures import tiny_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import ROOT, _toml, phase, plan, stage_unet  # noqa: E402
+from test_train import phase, plan, stage_unet, train_subprocess  # noqa: E402
 
 ALPHAS_BAR = alphas_cumprod()
 
@@ -162,34 +160,6 @@ def test_each_stage_learns_from_the_previous_stages_merged_student(tmp_path, mon
     assert torch.allclose(seen[3], base_out, atol=1e-6)
 
 
-def _train_subprocess(tmp_path, raw, processes: int):
-    config_file = tmp_path / "plan.toml"
-    config_file.write_text(_toml(raw))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    launcher = (
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-        ]
-        if processes > 1
-        else [sys.executable, "-m"]
-    )
-    result = subprocess.run(launcher + ["distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp_path / "run"
-
-
 def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batch(tmp_path):
     """2 processes x batch 1 against 1 process x batch 1 x 2 accumulated micro-batches: the same samples (micro-batch
     k of process r draws with the seed of global micro-batch k * processes + r), the same averaged gradients, so the
@@ -204,8 +174,8 @@ def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batc
     ]
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = _train_subprocess(tmp_path / "one", plan(tmp_path / "one", stages, batch_size=1, gradient_accumulation_steps=2, checkpoint_every=1000), 1)
-    two = _train_subprocess(tmp_path / "two", plan(tmp_path / "two", stages, batch_size=1, checkpoint_every=1000), 2)
+    one = train_subprocess(tmp_path / "one", plan(tmp_path / "one", stages, batch_size=1, gradient_accumulation_steps=2, checkpoint_every=1000), 1)
+    two = train_subprocess(tmp_path / "two", plan(tmp_path / "two", stages, batch_size=1, checkpoint_every=1000), 2)
     a, b = stage_unet(one, "2step"), stage_unet(two, "2step")
     base = tiny_components(0)["unet"].state_dict()
     assert any(not torch.equal(a[k], base[k]) for k in a)

@@ -190,20 +190,26 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path):
     stages = [
         {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [phase("conditional", "lora", steps=1), phase("unconditional", "full", steps=1)]}
     ]
-    raw = plan(tmp_path, stages, batch_size=1)
-    config_file = tmp_path / "ddp.toml"
+    run = train_subprocess(tmp_path, plan(tmp_path, stages, batch_size=1), processes=2)
+    assert (run / "stages" / "2step" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "distilling on 2 processes" in (tmp_path / "train.out").read_text()
+
+
+def train_subprocess(tmp_path, raw, processes: int):
+    """`python -m distill train` on this plan: one process, or `processes` gloo-connected CPU processes under
+    `accelerate launch` (torchrun via --multi_gpu; with ACCELERATE_USE_CPU alone accelerate would start one). -> the run
+    folder; its output is kept in <tmp_path>/train.out."""
+    config_file = tmp_path / "plan.toml"
     config_file.write_text(_toml(raw))
-    # accelerate's --cpu alone starts one process unless MPI is set up; torchrun (--multi_gpu) with
-    # ACCELERATE_USE_CPU starts two gloo-connected CPU processes (docs/distill.md).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(
+    launcher = (
         [
             sys.executable,
             "-m",
             "accelerate.commands.launch",
             "--multi_gpu",
             "--num_processes",
-            "2",
+            str(processes),
             "--num_machines",
             "1",
             "--mixed_precision",
@@ -211,20 +217,14 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path):
             "--dynamo_backend",
             "no",
             "-m",
-            "distill",
-            "train",
-            "--config",
-            str(config_file),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
+        if processes > 1
+        else [sys.executable, "-m"]
     )
+    result = subprocess.run(launcher + ["distill", "train", "--config", str(config_file)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "distilling on 2 processes" in result.stdout
-    assert (tmp_path / "run" / "stages" / "2step" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    (tmp_path / "train.out").write_text(result.stdout)
+    return tmp_path / "run"
 
 
 def _toml(raw: dict) -> str:
