@@ -35,3 +35,11 @@ def test_unknown_and_unavailable_backends_are_refused():
         backends.prepare(torch.nn.Linear(2, 2), "fast", torch.device("cpu"))
     with pytest.raises(BackendUnavailable, match="needs a CUDA GPU"):
         backends.prepare(torch.nn.Linear(2, 2), "tensorrt", torch.device("cpu"))
+
+
+def test_tensorrt_without_torch_tensorrt_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # as on a machine without the extra: the import fails
+    with pytest.raises(BackendUnavailable, match=r"needs torch-tensorrt: pip install 'lightning-studio\[tensorrt\]'"):
+        backends.prepare(torch.nn.Linear(2, 2), "tensorrt", torch.device("cuda"))

@@ -56,3 +56,32 @@ def test_the_engine_and_the_tests_fake_both_meet_the_studios_engine_contract():
 
     incomplete = type("Incomplete", (), {k: v for k, v in vars(FakeEngine).items() if k != "live_steps"})()
     assert not isinstance(incomplete, StudioEngine)  # the check does look at the attributes
+
+
+def test_on_zerogpu_renders_run_inside_the_spaces_gpu_function_not_on_the_worker(monkeypatch):
+    """On a ZeroGPU Space the GPU exists only inside a @spaces.GPU function: the --gradio-events renderer must call the
+    engine through it (a stand-in `spaces` module records the calls) and never hand the work to the GPU worker."""
+    import sys
+    import types
+
+    from realtime_fakes import FakeEngine
+
+    from realtime.studio import Studio, StudioConfig
+    from realtime.ui import _gradio_renderer
+
+    gpu_calls = []
+
+    def gpu(function):
+        def wrapped(*args, **kwargs):
+            gpu_calls.append(args)
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    studio = Studio(FakeEngine(), StudioConfig(gradio_events=True, warm=False))
+    studio.worker = types.SimpleNamespace(run=lambda *args, **kwargs: pytest.fail("the render went to the GPU worker"))
+    image, hud = _gradio_renderer(studio)("a red fox", 3, 1, 64)
+    assert len(gpu_calls) == 1 and image.shape == (64, 64, 3) and int(image[0, 0, 0]) == 3  # FakeEngine paints the seed
+    assert "rendered: a red fox" in hud and studio.engine.calls[0][0].prompt == "a red fox"
