@@ -6,6 +6,7 @@ graphs. Compiling the SDXL UNet costs ~100 s per shape on an H200, so compiled a
 """
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from .errors import BackendUnavailable
 
 BACKENDS = ("eager", "compile", "tensorrt")
+log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "lightning-studio"))
 
 
@@ -57,8 +59,11 @@ def cache_file(key: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
 def load_compiled_artifacts(path: Path) -> bool:
     """Seed torch.compile's caches from a previous run; True when something was loaded."""
     if not path.is_file():
+        log.info("no torch.compile cache at %s: this start compiles from scratch", path)
         return False
-    return torch.compiler.load_cache_artifacts(path.read_bytes()) is not None
+    loaded = torch.compiler.load_cache_artifacts(path.read_bytes()) is not None
+    log.info("torch.compile cache %s: %s", path, "loaded" if loaded else "present but empty")
+    return loaded
 
 
 def save_compiled_artifacts(path: Path) -> bool:
@@ -70,4 +75,5 @@ def save_compiled_artifacts(path: Path) -> bool:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(artifacts[0])
     tmp.replace(path)
+    log.info("saved torch.compile's artifacts to %s", path)
     return True

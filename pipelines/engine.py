@@ -20,6 +20,7 @@ from .loading import LoadedModel
 from .requests import GenerationRequest, GenerationResult
 
 TRUNCATION_NOTICE = "The following part of your input was truncated"
+log = logging.getLogger(__name__)
 
 
 def drop_truncated_text(record: logging.LogRecord) -> bool:
@@ -256,6 +257,7 @@ class Engine:
         if self.compile_cache is not None:
             backends.save_compiled_artifacts(self.compile_cache)  # the next start skips most compilation
         self.warmup_seconds = time.perf_counter() - start
+        log.info("%s warm in %.1f s (steps %s, backend %s)", self.model_name, self.warmup_seconds, self.steps, self.backend)
         return self.warmup_seconds
 
     def memory(self) -> dict:

@@ -8,6 +8,7 @@ naming the repo, the file and how to get them, instead of a stack trace or a han
 
 import functools
 import json
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from . import architectures
 from .errors import InvalidModel, WeightsUnavailable
 from .variants import TAESD_XL, VAE_FP16_FIX, ModelSpec, Variant
 
+log = logging.getLogger(__name__)
 BUILTIN_BASES = {"tiny": architectures.tiny_components, "random-sdxl": architectures.random_sdxl_components}
 
 
@@ -185,6 +187,8 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, previe
         if v.is_lora:
             pipe.load_lora_weights(str(lora_paths[v.steps]), adapter_name=v.adapter_name)
         unets.setdefault(v.steps, pipe.unet)
+        source = v.lora_file or v.unet_file or v.unet_dir
+        log.info("%s %d steps: %s (%s)", spec.name, v.steps, f"{'LoRA' if v.is_lora else 'UNet'} {source}" if source else "the base UNet", v.prediction_type)
 
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + list(unets.values())
     for module in {id(m): m for m in modules + [vae_tiny] if m is not None}.values():

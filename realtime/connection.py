@@ -23,7 +23,7 @@ from .scheduler import Job, OutOfOrder
 if TYPE_CHECKING:
     from .studio import Studio
 
-log = logging.getLogger("realtime.connection")
+log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 # How long a client that stopped reading gets for the 1008 close frame to go out: it does only if its socket drains.
 CLOSE_WAIT_S = 2.0

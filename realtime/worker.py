@@ -18,7 +18,7 @@ from .engine_contract import StudioEngine
 from .metrics import Metrics
 from .scheduler import Job, Scheduler
 
-log = logging.getLogger("realtime.worker")
+log = logging.getLogger(__name__)
 
 # answer(job, result, error_message, batch_size): called on the worker thread; must not block.
 Answer = Callable[[Job, object, str | None, int], None]
