@@ -1,5 +1,6 @@
 """The page in real headless Chromium (Debian's, driven by Playwright): typing streams frames over /ws, the last
-frame carries the last seq, Randomize re-renders, Snapshot saves a PNG with its metadata, Compare steps fills."""
+frame carries the last seq, Randomize re-renders, Snapshot saves a PNG with its metadata, Compare steps fills. Each
+test sets the page state it needs (`show`), so any one of them runs alone or in any order."""
 
 import pytest
 from PIL import Image
@@ -68,7 +69,7 @@ def test_typing_key_by_key_streams_frames_and_the_last_frame_carries_the_last_se
 
 
 def test_randomize_seed_and_steps_rerender_through_the_socket(page):
-    before = int(wait_for_last_frame(page)["sentSeq"])
+    before = int(show(page, PROMPT, steps=1)["sentSeq"])
     seed_before = page.locator("#seed input").input_value()
     page.click("#randomize")
     page.wait_for_function(f"() => document.querySelector('#seed input').value !== '{seed_before}'")
@@ -78,8 +79,18 @@ def test_randomize_seed_and_steps_rerender_through_the_socket(page):
     assert "2 steps" in page.locator("#studio-hud").inner_text()
 
 
+def show(page, prompt: str, steps: int) -> dict:
+    """Put the page in a known state whatever ran before: this prompt in the box, this many steps, its frame drawn."""
+    box = page.locator("#prompt textarea")
+    if box.input_value() != prompt:
+        box.fill("")
+        box.press_sequentially(prompt, delay=5)
+    page.locator("#steps label", has_text=str(steps)).click()
+    return wait_for_last_frame(page)
+
+
 def test_snapshot_saves_a_png_with_prompt_seed_steps_and_model(page, tmp_path):
-    wait_for_last_frame(page)
+    show(page, PROMPT, steps=2)
     with page.expect_download() as download:
         page.click("#snapshot")
     path = tmp_path / "snapshot.png"
@@ -93,6 +104,7 @@ def test_snapshot_saves_a_png_with_prompt_seed_steps_and_model(page, tmp_path):
 
 def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_studio, tmp_path):
     _, studio = tiny_studio
+    show(page, PROMPT, steps=2)
     rows = compare(page, len(studio.engine.steps))
     # no reference variant in the tiny model: most steps first
     assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [str(s) for s in sorted(studio.engine.steps, reverse=True)]
