@@ -149,9 +149,9 @@ class Optimizers:
 
 def optimization_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimizers, draw, alphas_bar, seeds: tuple) -> dict:
     """One optimizer step of a phase. The student (G) steps first, over all micro-batches, against the current D;
-        then, in adversarial phases, D steps over the same micro-batches: on the updated student's fresh fake when
-        updates alternate (the paper, `train.gan_updates = "alternating"`), or on the fake the student's step started
-        from ("simultaneous"). draw(generator) -> (x_t, t, t_next, cond), one micro-batch; seeds = (seed, stage, phase,
+    then, in adversarial phases, D steps over the same micro-batches: on the updated student's fresh fake when
+    updates alternate (the paper, `train.gan_updates = "alternating"`), or on the fake the student's step started
+    from ("simultaneous"). draw(generator) -> (x_t, t, t_next, cond), one micro-batch; seeds = (seed, stage, phase,
     step). -> the step's losses, D's accuracy, gradient norms, and whether every gradient was finite."""
     kept, finite, record = [], True, {}
     for micro in range(tc.gradient_accumulation_steps):
