@@ -43,3 +43,43 @@ def test_tensorrt_without_torch_tensorrt_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # as on a machine without the extra: the import fails
     with pytest.raises(BackendUnavailable, match=r"needs torch-tensorrt: pip install 'lightning-studio\[tensorrt\]'"):
         backends.prepare(torch.nn.Linear(2, 2), "tensorrt", torch.device("cuda"))
+
+
+COMPILE_ONCE = """
+import sys, torch
+from torch._dynamo.utils import counters
+from pipelines import backends
+path, load = backends.Path(sys.argv[1]), sys.argv[2] == "load"
+if load:
+    backends.load_compiled_artifacts(path)
+torch.manual_seed(0)
+model = backends.prepare(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()), "compile", torch.device("cpu"))
+model(torch.randn(2, 8))
+if not load:
+    backends.save_compiled_artifacts(path)
+print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+
+
+def test_a_saved_compile_cache_makes_a_fresh_process_skip_compilation(tmp_path):
+    """Three fresh processes, each with its own empty inductor cache directory: the first compiles and saves the
+    artifacts; the second loads them and compiles nothing (FX graph cache: hits, no misses); the third, without them,
+    compiles again (a miss). Counted by torch's own counters, not by what load_compiled_artifacts returns."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    artifacts = tmp_path / "model.bin"
+
+    def run(mode: str, name: str) -> tuple[int, int]:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / name), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        done = subprocess.run([sys.executable, "-c", COMPILE_ONCE, str(artifacts), mode], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        hit, miss = map(int, done.stdout.split()[-2:])
+        return hit, miss
+
+    assert run("save", "first")[1] >= 1 and artifacts.stat().st_size > 0
+    hit, miss = run("load", "second")
+    assert hit >= 1 and miss == 0, (hit, miss)
+    assert run("plain", "third")[1] >= 1
