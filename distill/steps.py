@@ -101,9 +101,10 @@ def fresh_fake(accelerator, stage, m: PhaseModels, x_t, t, t_next, cond, alphas_
         x_fake = student_step(m.student, x_t, t, t_next, cond, alphas_bar, stage.prediction_type)[0]
     # After a forward that no backward follows, FSDP2 leaves weights gathered (the root's at least), and the optimizer's
     # state dict then misses its sharded parameters (KeyError at the next checkpoint): shard them all again.
-    for module in m.student.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
+    if isinstance(m.student, FSDPModule):
+        for module in m.student.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
     return x_fake
 
 

@@ -124,10 +124,13 @@ def builtin(name: str, steps=(1, 2, 4, 8)) -> ModelSpec:
 
 
 def write_manifest(folder: Path, base: str, variants: list[Variant], **extra) -> Path:
-    """Write the manifest that `pipelines` reads from a local model folder (what `distill export` produces)."""
+    """Write the manifest that `pipelines` reads from a local model folder (what `distill export` produces); atomic
+    (temp file + rename), so rewriting a model's manifest never leaves half of one."""
     entries = [{k: v for k, v in asdict(variant).items() if v is not None} for variant in variants]
     path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps({"format": MANIFEST_FORMAT, "base_model": base, "variants": entries, **extra}, indent=2))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "base_model": base, "variants": entries, **extra}, indent=2))
+    tmp.replace(path)
     return path
 
 

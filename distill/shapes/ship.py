@@ -5,7 +5,6 @@ the Compare panel shows the reference against what serves each step count."""
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from pipelines.architectures import ASSETS
 from pipelines.errors import StudioError
 from pipelines.variants import MANIFEST_NAME, SHAPES_FOLDER, Variant, read_manifest, write_manifest
 
-from ..checkpoint import atomic_dir, atomic_write_text
+from ..checkpoint import atomic_dir
 from .config import PretrainConfig
 from .parts import final_dir
 from .train_autoencoders import load_vae
@@ -102,12 +101,13 @@ def ship_students(students: dict[int, Path], live_steps: int, folder: Path = SHA
         variants[steps] = Variant(steps, student.prediction_type, unet_dir=target, source_stage=f"{student.source_stage} of {plan}")
     if live_steps not in variants:
         raise StudioError(f"live steps {live_steps}: the model offers {sorted(variants)}")
-    for stale in (folder / "students").glob("*step") if (folder / "students").is_dir() else ():
+    for stale in (folder / "students").glob("*step"):  # students shipped before and not now
         if int(stale.name.removesuffix("step")) not in students:
             shutil.rmtree(stale)
-    manifest["variants"] = [{k: v for k, v in asdict(variant).items() if v is not None} for variant in variants.values()]
-    manifest["live_steps"] = live_steps
     distilled = sorted(students, reverse=True)
-    manifest["description"] = DESCRIPTION + (f"; its {'/'.join(map(str, distilled))}-step variants are distilled students" if distilled else "")
-    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    extras = {k: v for k, v in manifest.items() if k not in ("format", "base_model", "variants")} | {
+        "live_steps": live_steps,
+        "description": DESCRIPTION + (f"; its {'/'.join(map(str, distilled))}-step variants are distilled students" if distilled else ""),
+    }
+    write_manifest(folder, manifest["base_model"], list(variants.values()), **extras)
     return folder
