@@ -22,13 +22,13 @@ import os
 import random
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
 import websockets
 
 from .protocol import unpack_frame
+from .reports import http_json, publish
 
 WORDS = (
     "a quiet harbour at dawn with fishing boats mist over the water warm light soft focus painted in oils "
@@ -162,12 +162,7 @@ def _pct(values: list[float]) -> dict:
 
 
 def server_metrics(ws_url: str) -> dict | None:
-    url = ws_url.replace("wss://", "https://").replace("ws://", "http://").rsplit("/ws", 1)[0] + "/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.load(response)
-    except (OSError, ValueError):
-        return None
+    return http_json(ws_url, "/metrics")[1]
 
 
 def markdown(result: dict) -> str:
@@ -232,10 +227,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = asyncio.run(main_async(args))
-    print(markdown(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, markdown(result), args.json)
     return 0 if result["lost_final_updates"] == 0 and result["stale_dropped"] == 0 else 1
 
 

@@ -86,7 +86,9 @@ def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
         seq = msg.get("seq") if _is_int(msg.get("seq")) else None  # echoed in errors so a client can match them
         _no_unknown(msg, GENERATE_FIELDS, seq)
         seq = _int(msg, "seq", seq, 0, MAX_SEQ)
-        prompt = msg.get("prompt")
+        if "prompt" not in msg:
+            raise ProtocolError("missing_field", '"prompt" is required', seq)
+        prompt = msg["prompt"]
         if not isinstance(prompt, str):
             raise ProtocolError("bad_type", '"prompt" must be a string', seq)
         if len(prompt) > MAX_PROMPT_CHARS:

@@ -38,6 +38,7 @@ def test_valid_messages_parse():
         (with_(colour="red"), "unknown_field"),
         (with_(seq=...), "missing_field"),
         (with_(seed=...), "missing_field"),
+        (with_(prompt=...), "missing_field"),
         (with_(seq="3"), "bad_type"),
         (with_(seq=True), "bad_type"),
         (with_(seq=-1), "out_of_range"),
