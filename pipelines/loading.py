@@ -188,7 +188,8 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, previe
             pipe.load_lora_weights(str(lora_paths[v.steps]), adapter_name=v.adapter_name)
         unets.setdefault(v.steps, pipe.unet)
         source = v.lora_file or v.unet_file or v.unet_dir
-        log.info("%s %d-step variant: %s (%s)", spec.name, v.steps, f"{'LoRA' if v.is_lora else 'UNet'} {source}" if source else "the base UNet", v.prediction_type)
+        weights = f"{'LoRA' if v.is_lora else 'UNet'} {source}" if source else "the base UNet"
+        log.info("%s %d-step variant: %s (%s)", spec.name, v.steps, weights, v.prediction_type)
 
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + list(unets.values())
     for module in {id(m): m for m in modules + [vae_tiny] if m is not None}.values():
