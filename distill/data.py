@@ -24,8 +24,7 @@ from pipelines.conditioning import micro_conditioning
 from pipelines.errors import StudioError
 
 from .checkpoint import atomic_write_text
-from .schedule import CLEAN
-from .solver import teacher_solve, zero_uncond
+from .validation import sample_latents
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 INDEX = "index.json"
@@ -209,7 +208,7 @@ def _encode(pipe, batch, d, alphas_bar, generator, device) -> dict:
     else:
         size = d.resolution // pipe.vae_scale_factor
         noise = torch.randn((len(batch), pipe.unet.config.in_channels, size, size), generator=generator, device=device)
-        latents = teacher_solve(pipe.unet, noise, 999, CLEAN, d.generate_steps, cond, alphas_bar, guidance_scale=d.generate_guidance, uncond=zero_uncond(cond))
+        latents = sample_latents(pipe.unet, noise, d.generate_steps, cond, alphas_bar, "epsilon", d.generate_guidance)
     return {"latents": latents.float(), **{key: value.float() for key, value in cond.items()}, "captions": captions}
 
 

@@ -1,4 +1,5 @@
-"""Schedule math for distillation: noise levels, nested trailing grids, and conversions between predictions.
+"""Schedule math for distillation: noise levels, the pure-noise fix, and the nested trailing grids students jump on.
+(Sampling itself, the teacher's and the student's steps included, is pipelines.sampling's, shared with the studio.)
 
 Latents are variance-preserving: x_t = alpha_t x0 + sigma_t eps with alpha_t = sqrt(alphabar_t) and
 sigma_t = sqrt(1 - alphabar_t). Timesteps are the UNet's 0-based indices (999 = the paper's T = 1000); t = -1
@@ -7,17 +8,9 @@ stands for the clean image (alphabar = 1), so "step to -1" means "return x0".
 
 import torch
 
-from pipelines.sampling import alphas_cumprod, alphas_cumprod_from_config, trailing_timesteps  # noqa: F401 (alphas_cumprod re-exported)
+from pipelines.sampling import CLEAN, alphas_cumprod, trailing_timesteps  # noqa: F401 (alphas_cumprod re-exported)
 
 NUM_TRAIN_TIMESTEPS = 1000
-CLEAN = -1
-
-
-def alphas_bar_from_config(scheduler_config) -> torch.Tensor:
-    """alphabar_t of a diffusers scheduler config, via pipelines.sampling; the grids here assume T = 1000."""
-    if scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS) != NUM_TRAIN_TIMESTEPS:
-        raise ValueError(f"the distillation grids assume {NUM_TRAIN_TIMESTEPS} training timesteps")
-    return alphas_cumprod_from_config(scheduler_config)
 
 
 def _timesteps(t, device) -> torch.Tensor:
@@ -51,51 +44,6 @@ def add_noise(x0, noise, t, alphas_bar, terminal_t: int | None = NUM_TRAIN_TIMES
         return noisy.to(x0.dtype)
     terminal = (_timesteps(t, x0.device) == terminal_t).reshape(-1, 1, 1, 1)
     return torch.where(terminal, noise.float(), noisy).to(x0.dtype)
-
-
-def eps_to_x0(eps, x_t, t, alphas_bar) -> torch.Tensor:
-    """x0 = (x_t - sigma_t eps) / alpha_t."""
-    alpha, sigma = _coefficients(alphas_bar, t, x_t)
-    return ((x_t.float() - sigma * eps.float()) / alpha).to(x_t.dtype)
-
-
-def x0_to_eps(x0, x_t, t, alphas_bar) -> torch.Tensor:
-    """eps = (x_t - alpha_t x0) / sigma_t (t >= 0: sigma_t > 0 everywhere on SDXL's schedule)."""
-    alpha, sigma = _coefficients(alphas_bar, t, x_t)
-    return ((x_t.float() - alpha * x0.float()) / sigma).to(x_t.dtype)
-
-
-def v_to_x0(v, x_t, t, alphas_bar) -> torch.Tensor:
-    """x0 = alpha_t x_t - sigma_t v, for v = alpha_t eps - sigma_t x0."""
-    alpha, sigma = _coefficients(alphas_bar, t, x_t)
-    return (alpha * x_t.float() - sigma * v.float()).to(x_t.dtype)
-
-
-def x0_to_v(x0, x_t, t, alphas_bar) -> torch.Tensor:
-    """v = alpha_t eps - sigma_t x0 = (alpha_t x_t - x0) / sigma_t (using alpha^2 + sigma^2 = 1)."""
-    alpha, sigma = _coefficients(alphas_bar, t, x_t)
-    return ((alpha * x_t.float() - x0.float()) / sigma).to(x_t.dtype)
-
-
-def split_prediction(model_output, x_t, t, alphas_bar, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, eps) implied by a UNet output of the given prediction_type ("epsilon", "sample" or "v_prediction")."""
-    if prediction_type == "epsilon":
-        return eps_to_x0(model_output, x_t, t, alphas_bar), model_output
-    if prediction_type == "sample":
-        x0 = model_output
-    elif prediction_type == "v_prediction":
-        x0 = v_to_x0(model_output, x_t, t, alphas_bar)
-    else:
-        raise ValueError(f"unsupported prediction_type {prediction_type!r} (expected 'epsilon', 'sample' or 'v_prediction')")
-    return x0, x0_to_eps(x0, x_t, t, alphas_bar)
-
-
-def ddim_step(x0, eps, t_next, alphas_bar) -> torch.Tensor:
-    """Deterministic DDIM: x_{t'} = alpha_{t'} x0 + sigma_{t'} eps; returns x0 itself at t' = -1.
-
-    For an epsilon model this is exactly diffusers' Euler step in sigma space (x / alpha = x0 + (sigma/alpha) eps)."""
-    alpha, sigma = _coefficients(alphas_bar, t_next, x0)
-    return (alpha * x0.float() + sigma * eps.float()).to(x0.dtype)
 
 
 def teacher_grid(teacher_steps: int) -> list[int]:

@@ -1,40 +1,15 @@
 """The teacher's n-step deterministic solve from x_t to x_{t-ns}: the "real" sample the student is trained toward.
 
-cond / uncond are dicts {"encoder_hidden_states": (B, 77, D), "text_embeds": (B, P), "time_ids": (B, 6)}.
+It is the studio's sampler (pipelines.sampling.sample_euler calling pipelines.denoiser.Denoiser), started from a
+variance-preserving training latent x_t = alpha_t x0 + sigma_t eps and read back in the same form. In that form one
+Euler step in sigma space is exactly one deterministic DDIM step, x' = alpha' x0 + sigma' eps.
 """
 
 import torch
 
-from distill.schedule import CLEAN, NUM_TRAIN_TIMESTEPS, ddim_step, split_prediction, teacher_grid
-from pipelines.sampling import classifier_free_guidance
-
-
-def unet_output(unet, x, t, cond: dict) -> torch.Tensor:
-    """The SDXL UNet's raw output for latents x at timestep(s) t (int or (B,) tensor), in x's dtype."""
-    timesteps = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-    out = unet(
-        x.to(unet.dtype),
-        timesteps,
-        encoder_hidden_states=cond["encoder_hidden_states"].to(unet.dtype),
-        added_cond_kwargs={"text_embeds": cond["text_embeds"].to(unet.dtype), "time_ids": cond["time_ids"].to(unet.dtype)},
-    ).sample
-    return out.to(x.dtype)
-
-
-def zero_uncond(cond: dict) -> dict:
-    """SDXL's unconditional input (force_zeros_for_empty_prompt): zero text embeddings, the same micro-conditioning."""
-    return {**cond, "encoder_hidden_states": torch.zeros_like(cond["encoder_hidden_states"]), "text_embeds": torch.zeros_like(cond["text_embeds"])}
-
-
-def guided_output(unet, x, t, cond: dict, guidance_scale: float = 1.0, uncond: dict | None = None) -> torch.Tensor:
-    """Classifier-free guidance: out_u + w (out_c - out_u), with both halves in one batched UNet call; out_c at w = 1."""
-    if guidance_scale == 1.0:
-        return unet_output(unet, x, t, cond)
-    uncond = zero_uncond(cond) if uncond is None else uncond
-    both = {key: torch.cat([uncond[key], cond[key]]) for key in cond}
-    t_both = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0]).repeat(2)
-    out_u, out_c = unet_output(unet, torch.cat([x, x]), t_both, both).chunk(2)
-    return classifier_free_guidance(out_u, out_c, guidance_scale)
+from distill.schedule import NUM_TRAIN_TIMESTEPS, teacher_grid
+from pipelines.denoiser import Denoiser
+from pipelines.sampling import CLEAN, sample_euler, sigmas_at, to_sigma_space, to_variance_preserving
 
 
 def solve_path(t: int, t_end: int, teacher_steps: int) -> list[int]:
@@ -67,14 +42,12 @@ def teacher_solve(
     guidance_scale: float = 1.0,
     uncond: dict | None = None,
 ) -> torch.Tensor:
-    """x_{t_end} from n deterministic DDIM steps (= diffusers' Euler for these models) on the teacher's trailing grid;
-    t_end = -1 returns the clean x0. Per step: x0, eps from the (guided) output, then x' = alpha' x0 + sigma' eps.
+    """x_{t_end} from the teacher's Euler steps along solve_path (diffusers' trailing Euler, as the studio runs it);
+    t_end = -1 returns the clean x0. x_t and the result are variance-preserving latents.
 
     No gradients: the teacher is a fixed target (in LoRA phases, call it inside lora.teacher_context)."""
     path = solve_path(t, t_end, teacher_steps)
-    x = x_t
-    for t_cur, t_next in zip(path, path[1:]):
-        out = guided_output(unet, x, t_cur, cond, guidance_scale, uncond)
-        x0, eps = split_prediction(out, x, t_cur, alphas_bar, prediction_type)
-        x = ddim_step(x0, eps, t_next, alphas_bar)
-    return x
+    sigmas = sigmas_at(path, alphas_bar).to(x_t.device)
+    denoiser = Denoiser(unet, prediction_type, cond, guidance_scale, uncond)
+    x = sample_euler(denoiser, to_sigma_space(x_t.float(), sigmas[0]), path[:-1], sigmas)
+    return to_variance_preserving(x, sigmas[-1]).to(x_t.dtype)

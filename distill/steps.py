@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.fsdp import FSDPModule
 
+from pipelines.denoiser import zero_uncond
+
 from .data import LatentCache
 from .discriminator import renoise_timesteps
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
 from .schedule import add_noise, alpha_sigma, student_jump, training_timesteps
 from .sharding import whole
-from .solver import teacher_solve, zero_uncond
+from .solver import teacher_solve
 from .student import student_step
 from .x0_conversion import implied_x0
 

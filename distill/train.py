@@ -44,7 +44,7 @@ from .stages import (
     stage_dir,
 )
 from .steps import Optimizers, PhaseModels, draw_batch, optimization_step, step_seed
-from .validation import decode, sample, save_validation, validation_inputs
+from .validation import decode, sample_latents, save_validation, validation_inputs
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
@@ -111,7 +111,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
         teacher_images = None
         if validation is not None:
             prev = config.stages[i - 1].prediction_type if i else "epsilon"
-            latents = sample(student, validation[1], stage.teacher_steps, validation[0], alphas_bar, prev, stage.phases[0].guidance_scale)
+            latents = sample_latents(student, validation[1], stage.teacher_steps, validation[0], alphas_bar, prev, stage.phases[0].guidance_scale)
             teacher_images = decode(vae, latents)
         disc, frozen_teachers = None, {}
 
@@ -238,7 +238,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
                     # The student as its LoRA phases left it (before any full-UNet phase), to measure what they gave.
                     save_unet(stage_dir(config, stage.name) / "lora_student", merge_onto_fp32_base(copy.deepcopy(student)))
                 if validation is not None:
-                    latents = sample(student, validation[1], stage.student_steps, validation[0], alphas_bar, stage.prediction_type)
+                    latents = sample_latents(student, validation[1], stage.student_steps, validation[0], alphas_bar, stage.prediction_type)
                     save_validation(
                         out / "validation" / f"{stage.name}_{j}_{phase.objective}_{phase.params}.png",
                         teacher_images,

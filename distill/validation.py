@@ -8,10 +8,10 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
 from pipelines.conditioning import time_ids
+from pipelines.denoiser import Denoiser
+from pipelines.sampling import sample_from_noise, trailing_schedule
 
 from .config import Config
-from .schedule import CLEAN
-from .solver import teacher_solve, zero_uncond
 
 
 @torch.no_grad()
@@ -41,9 +41,11 @@ def validation_inputs(config: Config, components: dict, device):
 
 
 @torch.no_grad()
-def sample(unet, noise, steps: int, cond: dict, alphas_bar, prediction_type: str, guidance_scale: float = 1.0):
-    """Clean latents from pure noise in `steps` trailing steps, as the app will run the model."""
-    return teacher_solve(unet, noise, 999, CLEAN, steps, cond, alphas_bar, prediction_type, guidance_scale, zero_uncond(cond))
+def sample_latents(unet, noise, steps: int, cond: dict, alphas_bar, prediction_type: str, guidance_scale: float = 1.0):
+    """Clean latents from unit noise in `steps` trailing steps: the studio's sampler and denoiser, so these pictures
+    are the ones the app will draw from the same weights, seeds and prompts."""
+    timesteps, sigmas = trailing_schedule(steps, alphas_bar)
+    return sample_from_noise(Denoiser(unet, prediction_type, cond, guidance_scale), noise.float(), timesteps.to(noise.device), sigmas)
 
 
 @torch.no_grad()

@@ -9,9 +9,8 @@ import copy
 import torch
 
 from distill.lora import lora_layers
-from distill.losses import mse_loss
-from distill.schedule import eps_to_x0
-from distill.solver import unet_output
+from distill.student import student_step
+from pipelines.sampling import CLEAN
 
 
 def x0_student_from(eps_unet):
@@ -23,10 +22,6 @@ def x0_student_from(eps_unet):
 
 @torch.no_grad()
 def implied_x0(eps_unet, x_t, t, cond: dict, alphas_bar) -> torch.Tensor:
-    """The conversion target: x0 = (x_t - sigma_t eps(x_t, t)) / alpha_t from the frozen epsilon model."""
-    return eps_to_x0(unet_output(eps_unet, x_t, t, cond), x_t, t, alphas_bar)
-
-
-def x0_conversion_loss(x0_unet, eps_unet, x_t, t, cond: dict, alphas_bar) -> torch.Tensor:
-    """mean((x0_student(x_t, t) - implied_x0)^2); gradients reach the x0 student only."""
-    return mse_loss(unet_output(x0_unet, x_t, t, cond), implied_x0(eps_unet, x_t, t, cond, alphas_bar))
+    """The conversion target: x0 = (x_t - sigma_t eps(x_t, t)) / alpha_t, the frozen epsilon model's own x0
+    prediction (its student_step's). The x0 student's output is regressed onto it (MSE)."""
+    return student_step(eps_unet, x_t, t, CLEAN, cond, alphas_bar, "epsilon")[1]

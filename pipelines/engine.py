@@ -15,6 +15,7 @@ import torch
 
 from . import backends, sampling
 from .conditioning import MAX_SEED, TOKEN_WINDOW, time_ids
+from .denoiser import Denoiser
 from .errors import InvalidRequest, NonFiniteOutput
 from .loading import LoadedModel
 from .requests import GenerationRequest, GenerationResult
@@ -107,13 +108,9 @@ class Engine:
         self.schedules = {}
         for steps in self.steps:
             variant = model.spec.variant(steps)
-            timesteps = sampling.trailing_timesteps(steps, self.pipe.scheduler.config.num_train_timesteps)
-            self.schedules[steps] = (
-                variant.prediction_type,
-                torch.from_numpy(timesteps).to(self.device),
-                sampling.sigmas_for(timesteps, alphas_bar).tolist(),
-                variant.guidance_scale if variant.guided else None,
-            )
+            timesteps, sigmas = sampling.trailing_schedule(steps, alphas_bar)
+            guidance = variant.guidance_scale if variant.guided else None
+            self.schedules[steps] = (variant.prediction_type, timesteps.to(self.device), sigmas, guidance)
         compiled = {}  # LoRA variants share one UNet: compile each distinct module once
         for unet in model.unets.values():
             if id(unet) not in compiled:
@@ -184,9 +181,10 @@ class Engine:
         return [GenerationResult(r, image, dict(timer.ms), self.count_tokens(r.prompt)[1], len(batch)) for r, image in zip(batch, images)]
 
     def denoise(self, steps: int, noise: torch.Tensor, embeds, pooled, height: int, width: int) -> torch.Tensor:
-        """Trailing Euler from pure noise to x0 with the variant's UNet; latents stay fp32 between steps as in diffusers.
-        A guided variant runs the unconditional half (zeroed embeddings, as SDXL's force_zeros_for_empty_prompt) and
-        the conditional half as one doubled batch, like StableDiffusionXLPipeline."""
+        """Trailing Euler from pure noise to x0 with the variant's UNet (pipelines.sampling.sample_from_noise, the
+        sampler distill validates with); latents stay fp32 between steps as in diffusers. A guided variant runs the
+        unconditional half (zeroed embeddings, as SDXL's force_zeros_for_empty_prompt) and the conditional half as one
+        doubled batch, like StableDiffusionXLPipeline."""
         prediction_type, timesteps, sigmas, guidance = self.schedules[steps]
         adapter = self.model.adapters[steps]
         if adapter is not None:
@@ -195,20 +193,14 @@ class Engine:
         elif any(self.model.adapters.values()):
             self.pipe.disable_lora()  # this variant is the bare base UNet that the LoRA variants share
         unet = self.run_unet[steps]
-        copies = 2 if guidance else 1
-        if guidance:
-            embeds, pooled = torch.cat([torch.zeros_like(embeds), embeds]), torch.cat([torch.zeros_like(pooled), pooled])
-        conditioning = {"text_embeds": pooled, "time_ids": time_ids(height, width, copies * len(noise), self.device, self.dtype)}
-        x = noise * sampling.initial_noise_scale(torch.tensor(sigmas))
-        for i, t in enumerate(timesteps):
-            backends.step_begin(self.backend, self.device)
-            model_input = (x * sampling.model_input_scale(sigmas[i])).to(self.dtype).repeat(copies, 1, 1, 1)
-            output = unet(model_input, t, encoder_hidden_states=embeds, added_cond_kwargs=conditioning, return_dict=False)[0].float()
-            if guidance:
-                output = sampling.classifier_free_guidance(*output.chunk(2), guidance)
-            x0 = sampling.predicted_x0(output, x, sigmas[i], prediction_type)
-            x = sampling.euler_step(x, x0, sigmas[i], sigmas[i + 1])
-        return x
+
+        def run_unet(*args, **kwargs):
+            backends.step_begin(self.backend, self.device)  # one UNet call per step (CFG's halves are one batch)
+            return unet(*args, **kwargs)
+
+        cond = {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids(height, width, len(noise), self.device, self.dtype)}
+        denoiser = Denoiser(run_unet, prediction_type, cond, guidance, dtype=self.dtype)
+        return sampling.sample_from_noise(denoiser, noise, timesteps, sigmas)
 
     def _prompt_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both encoders' penultimate states (concatenated) and the pooled projection, one encoder pass per new prompt."""

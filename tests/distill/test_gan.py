@@ -18,9 +18,9 @@ from distill import train as distill_train
 from distill.config import PhaseConfig, StageConfig, parse_config
 from distill.discriminator import Discriminator, mid_block_size
 from distill.schedule import add_noise, alphas_cumprod
-from distill.solver import unet_output
 from distill.student import student_step
 from pipelines.architectures import tiny_components
+from pipelines.denoiser import unet_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import phase, plan, stage_unet, train_subprocess  # noqa: E402

@@ -15,9 +15,10 @@ from distill.lora import (
 )
 from distill.losses import mse_loss
 from distill.schedule import alphas_cumprod
-from distill.solver import teacher_solve, unet_output
+from distill.solver import teacher_solve
 from distill.student import student_step
 from pipelines.architectures import tiny_components
+from pipelines.denoiser import unet_output
 
 ALPHAS_BAR = alphas_cumprod()
 EXCLUDED = ("conv_in", "conv_out", "time_embedding", "add_embedding")

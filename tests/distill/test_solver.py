@@ -3,8 +3,9 @@ import torch
 from diffusers import EulerDiscreteScheduler
 
 from distill.schedule import add_noise, alpha_sigma, alphas_cumprod, teacher_grid
-from distill.solver import solve_path, teacher_solve, zero_uncond
+from distill.solver import solve_path, teacher_solve
 from pipelines.architectures import base_scheduler, tiny_components
+from pipelines.denoiser import zero_uncond
 
 ALPHAS_BAR = alphas_cumprod()
 

@@ -22,10 +22,11 @@ from distill import train as distill_train
 from distill.checkpoint import CheckpointError
 from distill.config import parse_config
 from distill.lora import add_lora, merge_lora
-from distill.solver import teacher_solve, zero_uncond
+from distill.solver import teacher_solve
 from distill.student import student_step
 from distill.validation import encode_prompts
 from pipelines.architectures import tiny_components
+from pipelines.denoiser import zero_uncond
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = tomllib.loads((ROOT / "distill" / "configs" / "tiny.toml").read_text())
