@@ -26,11 +26,11 @@ def pooled_width(unet_config) -> int:
     return unet_config.projection_class_embeddings_input_dim - 6 * unet_config.addition_time_embed_dim
 
 
-def random_conditioning(unet_config, batch: int, size: int, device=None, dtype=torch.float32) -> dict:
-    """SDXL-shaped UNet conditioning with random text features, for cost measurements (values do not change cost):
-    encoder_hidden_states (batch, TOKEN_WINDOW, cross_attention_dim), text_embeds (batch, pooled), time_ids."""
+def random_conditioning(unet_config, batch: int, size: int, device=None, dtype=torch.float32, tokens: int = TOKEN_WINDOW, generator=None) -> dict:
+    """SDXL-shaped UNet conditioning with random text features, for cost measurements and tests (values do not change
+    cost): encoder_hidden_states (batch, tokens, cross_attention_dim), text_embeds (batch, pooled), time_ids."""
     return {
-        "encoder_hidden_states": torch.randn(batch, TOKEN_WINDOW, unet_config.cross_attention_dim, device=device, dtype=dtype),
-        "text_embeds": torch.randn(batch, pooled_width(unet_config), device=device, dtype=dtype),
+        "encoder_hidden_states": torch.randn(batch, tokens, unet_config.cross_attention_dim, generator=generator).to(device, dtype),
+        "text_embeds": torch.randn(batch, pooled_width(unet_config), generator=generator).to(device, dtype),
         "time_ids": time_ids(size, size, batch, device, dtype),
     }

@@ -1,4 +1,6 @@
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,9 @@ from distill.schedule import alphas_cumprod
 from distill.student import student_step
 from pipelines.architectures import tiny_components
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tiny inputs beside this file
+from tiny_inputs import make_cond  # noqa: E402
+
 ALPHAS_BAR = alphas_cumprod()
 ENCODER = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
 
@@ -17,15 +22,6 @@ ENCODER = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_blo
 @pytest.fixture(scope="module")
 def teacher():
     return tiny_components(0)["unet"].requires_grad_(False)
-
-
-def make_cond(batch):
-    g = torch.Generator().manual_seed(0)
-    return {
-        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
-        "text_embeds": torch.randn(batch, 32, generator=g),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
-    }
 
 
 def encoder_state(module):

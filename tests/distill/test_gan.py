@@ -24,17 +24,9 @@ from pipelines.denoiser import unet_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import phase, plan, stage_unet, train_subprocess  # noqa: E402
+from tiny_inputs import make_cond  # noqa: E402
 
 ALPHAS_BAR = alphas_cumprod()
-
-
-def make_cond(batch, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
-        "text_embeds": torch.randn(batch, 32, generator=g),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
-    }
 
 
 def gan_setup(student_noise: float = 0.0):

@@ -1,4 +1,6 @@
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,9 @@ from distill.student import student_step
 from pipelines.architectures import tiny_components
 from pipelines.denoiser import unet_output
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tiny inputs beside this file
+from tiny_inputs import make_cond  # noqa: E402
+
 ALPHAS_BAR = alphas_cumprod()
 EXCLUDED = ("conv_in", "conv_out", "time_embedding", "add_embedding")
 
@@ -40,13 +45,7 @@ def lora_unet(base):
 
 @pytest.fixture(scope="module")
 def inputs():
-    g = torch.Generator().manual_seed(0)
-    cond = {
-        "encoder_hidden_states": torch.randn(1, 8, 64, generator=g),
-        "text_embeds": torch.randn(1, 32, generator=g),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
-    }
-    return torch.randn(1, 4, 8, 8, generator=g), cond
+    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)), make_cond(1)
 
 
 def test_lora_wraps_every_conv_and_linear_except_the_excluded_ones(base, lora_unet):

@@ -1,3 +1,6 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
@@ -7,22 +10,15 @@ from distill.solver import solve_path, teacher_solve
 from pipelines.architectures import base_scheduler, tiny_components
 from pipelines.denoiser import zero_uncond
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tiny inputs beside this file
+from tiny_inputs import make_cond  # noqa: E402
+
 ALPHAS_BAR = alphas_cumprod()
 
 
 @pytest.fixture(scope="module")
 def unet():
     return tiny_components(0)["unet"].eval()
-
-
-def make_cond(batch, seed=0):
-    """Tiny-UNet conditioning; 8 text tokens instead of 77 keep the CPU tests fast on the same code path."""
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
-        "text_embeds": torch.randn(batch, 32, generator=g),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
-    }
 
 
 def diffusers_solve(unet, x_t, t, t_end, teacher_steps, cond, prediction_type, guidance_scale):

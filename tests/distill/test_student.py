@@ -1,3 +1,6 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,21 +10,15 @@ from distill.student import student_step
 from pipelines.architectures import tiny_components
 from pipelines.denoiser import unet_output
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tiny inputs beside this file
+from tiny_inputs import make_cond  # noqa: E402
+
 ALPHAS_BAR = alphas_cumprod()
 
 
 @pytest.fixture(scope="module")
 def unet():
     return tiny_components(0)["unet"]
-
-
-def make_cond(batch):
-    g = torch.Generator().manual_seed(0)
-    return {
-        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
-        "text_embeds": torch.randn(batch, 32, generator=g),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
-    }
 
 
 def test_one_student_step_equals_a_one_step_solve(unet):

@@ -1,4 +1,6 @@
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,9 @@ from distill.student import student_step
 from distill.x0_conversion import implied_x0, x0_student_from
 from pipelines.architectures import tiny_components
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tiny inputs beside this file
+from tiny_inputs import make_cond  # noqa: E402
+
 ALPHAS_BAR = alphas_cumprod()
 
 
@@ -19,15 +24,10 @@ def eps_unet():
 
 
 def make_batch(batch=4):
-    g = torch.Generator().manual_seed(0)
-    cond = {
-        "encoder_hidden_states": torch.randn(batch, 8, 64, generator=g),
-        "text_embeds": torch.randn(batch, 32, generator=g),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
-    }
+    g = torch.Generator().manual_seed(1)
     t = torch.tensor(training_timesteps(1))[:batch]  # the 1-step stage trains at 999, 749, 499, 249
     x_t = add_noise(torch.randn(batch, 4, 8, 8, generator=g), torch.randn(batch, 4, 8, 8, generator=g), t, ALPHAS_BAR)
-    return x_t, t, cond
+    return x_t, t, make_cond(batch)
 
 
 def test_copy_is_independent_and_refuses_an_unmerged_lora(eps_unet):
