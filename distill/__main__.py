@@ -4,6 +4,7 @@ Every command parses and checks the config first, so an impossible plan is refus
 """
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def _cuda() -> bool:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's messages, as before on stdout
     try:
         config = load_config(args.config)
         if args.command == "plan":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.utils.checkpoint
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from tqdm.auto import tqdm
@@ -46,6 +47,8 @@ from .stages import (
 from .steps import Optimizers, PhaseModels, draw_batch, optimization_step, step_seed
 from .validation import decode, sample_latents, save_validation, validation_inputs
 
+log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
+
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -56,7 +59,7 @@ def training_data(config: Config, components: dict, accelerator) -> LatentCache:
         with accelerator.main_process_first():
             if accelerator.is_main_process and not (folder / "index.json").is_file():
                 index = precompute(config, components, folder, accelerator.device)
-                accelerator.print(f"cached {index['count']} training samples (skipped {index['skipped']})")
+                log.info(f"cached {index['count']} training samples (skipped {index['skipped']})")
     return LatentCache(folder)
 
 
@@ -80,7 +83,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
         )
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
     device, weight_dtype = accelerator.device, DTYPES[tc.mixed_precision]
-    accelerator.print(
+    log.info(
         f"distilling on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} ({device}, {tc.mixed_precision}), writing to {out}"
     )
 
@@ -97,13 +100,13 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
     resumed = None
     if resume and (path := checkpoint.latest(out / "checkpoints")) is not None:
         resumed = checkpoint.load(path, config.to_dict())
-        accelerator.print(f"resuming from {path.name}: stage {resumed.position[0]}, phase {resumed.position[1]}, step {resumed.progress['step']}")
+        log.info(f"resuming from {path.name}: stage {resumed.position[0]}, phase {resumed.position[1]}, step {resumed.progress['step']}")
     global_step = resumed.progress["global_step"] if resumed else 0
     records, steps_this_process = [], 0
 
     for i, stage in enumerate(config.stages):
         if (resumed and i < resumed.position[0]) or (not resumed and finished(config, i)):
-            accelerator.print(f"stage {stage.name}: finished under this plan, reusing {stage_dir(config, stage.name)}")
+            log.info(f"stage {stage.name}: finished under this plan, reusing {stage_dir(config, stage.name)}")
             continue
         student = load_unet(config, config.stages[i - 1].name if i else "base", components).to(device)
         if tc.gradient_checkpointing:

@@ -2,6 +2,7 @@
 its distilled students) into assets/, judge models."""
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's messages, as before on stdout
     try:
         if args.command == "pretrain":
             from . import config, pretrain

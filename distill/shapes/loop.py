@@ -14,10 +14,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .. import checkpoint
+
+log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
 
 OPTIMIZER = "optimizer"
 EMA = "ema"
@@ -88,7 +91,7 @@ def run(
         if part.ema is not None:
             part.ema.load_state_dict(resumed.optimizers[EMA])
         start = resumed.progress["step"]
-        accelerator.print(f"{part.name}: resuming from {latest.name} (step {start} of {part.total_steps})")
+        log.info(f"{part.name}: resuming from {latest.name} (step {start} of {part.total_steps})")
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
     bar = tqdm(
         range(start, part.total_steps),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -20,6 +21,8 @@ from .data import images, training_crops, training_scene
 from .loop import Part, make_accelerator
 from .parts import final_dir, finish, is_done, lr_at, set_lr, train_part
 from .world import scene_from_seed
+
+log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
 
 HELD_OUT_SEED = 20_000_003  # evaluation scenes: a seed range training never draws from
 
@@ -80,7 +83,7 @@ def train_vae(c: PretrainConfig, resume: bool, stop_after: int | None = None) ->
         **reconstruction_report(c, vae.decode, vae),
         "train_seconds_this_run": round(time.perf_counter() - began, 1),
     }
-    accelerator.print(
+    log.info(
         f"vae: scaling factor {scaling_factor:.4f}, held-out PSNR {report['psnr']:.2f} dB, "
         f"judge on reconstructions {report['judge_all_attributes']:.1%} (on the renders {report['judge_all_attributes_real']:.1%})"
     )
@@ -140,7 +143,7 @@ def train_decoder(c: PretrainConfig, resume: bool, stop_after: int | None = None
     train_part(c, Part("decoder", {"vae": vae}, optimizer, step, d.steps), accelerator, resume, stop_after)
     vae.eval()
     report = reconstruction_report(c, vae.decode, vae) | {"train_seconds_this_run": round(time.perf_counter() - began, 1)}
-    accelerator.print(f"decoder: held-out PSNR {report['psnr']:.2f} dB, judge on reconstructions {report.get('judge_all_attributes', float('nan')):.1%}")
+    log.info(f"decoder: held-out PSNR {report['psnr']:.2f} dB, judge on reconstructions {report.get('judge_all_attributes', float('nan')):.1%}")
     return finish(c, "decoder", lambda tmp: vae.save_pretrained(tmp / "vae"), report)
 
 
@@ -173,7 +176,7 @@ def train_vae_tiny(c: PretrainConfig, resume: bool, stop_after: int | None = Non
     tiny.eval()
     report = reconstruction_report(c, lambda z: tiny.decode(z * sf), vae)
     report["train_seconds_this_run"] = round(time.perf_counter() - began, 1)
-    accelerator.print(f"vae_tiny: held-out PSNR (big encoder, tiny decoder) {report['psnr']:.2f} dB")
+    log.info(f"vae_tiny: held-out PSNR (big encoder, tiny decoder) {report['psnr']:.2f} dB")
     return finish(c, "vae_tiny", lambda tmp: tiny.save_pretrained(tmp / "vae_tiny"), report)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
 from diffusers.training_utils import EMAModel
 from PIL import Image
@@ -25,6 +26,8 @@ from .evaluate import prompt_set
 from .loop import Part, make_accelerator
 from .parts import final_dir, finish, lr_at, set_lr, train_part
 from .train_autoencoders import load_latents, load_vae
+
+log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
 
 
 class PromptEncoder:
@@ -112,7 +115,7 @@ def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -
         writer.add_image("unet/samples", grid, step_count, dataformats="HWC")
         if adherence is not None:
             writer.add_scalar("unet/sample_adherence", adherence, step_count)
-            accelerator.print(f"step {step_count}: judge adherence on the sample grid {adherence:.0%}")
+            log.info(f"step {step_count}: judge adherence on the sample grid {adherence:.0%}")
 
     began = time.perf_counter()
     train_part(c, Part("unet", trained, optimizer, step, u.steps, ema=ema, on_checkpoint=samples), accelerator, resume, stop_after)

@@ -6,11 +6,14 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 
 from . import judge as judge_lib
 from .config import PretrainConfig
 from .loop import Part, make_accelerator
 from .parts import finish, lr_at, set_lr, train_part
+
+log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
 
 
 def train_judge(c: PretrainConfig, resume: bool, stop_after: int | None = None) -> dict:
@@ -37,5 +40,5 @@ def train_judge(c: PretrainConfig, resume: bool, stop_after: int | None = None) 
         "held_out_images": c.judge.eval_images,
         "train_seconds_this_run": round(time.perf_counter() - began, 1),
     }
-    accelerator.print("judge accuracy on held-out renders: " + ", ".join(f"{k} {v:.2%}" for k, v in report["held_out_accuracy"].items()))
+    log.info("judge accuracy on held-out renders: " + ", ".join(f"{k} {v:.2%}" for k, v in report["held_out_accuracy"].items()))
     return finish(c, "judge", lambda tmp: judge_lib.save(judge, tmp / "judge.safetensors"), report)
