@@ -62,9 +62,9 @@ print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_c
 
 
 def test_a_saved_compile_cache_makes_a_fresh_process_skip_compilation(tmp_path):
-    """Three fresh processes, each with its own empty inductor cache directory: the first compiles and saves the
-    artifacts; the second loads them and compiles nothing (FX graph cache: hits, no misses); the third, without them,
-    compiles again (a miss). Counted by torch's own counters, not by what load_compiled_artifacts returns."""
+    """Two fresh processes, each with its own empty inductor cache directory: the first, with no artifacts, compiles
+    (FX graph cache misses) and saves them; the second loads them and compiles nothing (hits, no misses). Counted by
+    torch's own counters, not by what load_compiled_artifacts returns."""
     import os
     import subprocess
     import sys
@@ -82,4 +82,3 @@ def test_a_saved_compile_cache_makes_a_fresh_process_skip_compilation(tmp_path):
     assert run("save", "first")[1] >= 1 and artifacts.stat().st_size > 0
     hit, miss = run("load", "second")
     assert hit >= 1 and miss == 0, (hit, miss)
-    assert run("plain", "third")[1] >= 1
