@@ -40,13 +40,16 @@ def test_the_shipped_students_serve_their_step_counts_without_cfg():
 @pytest.mark.parametrize("steps", [32, 2])
 def test_the_judge_finds_the_asked_colour_in_the_real_models_images(steps):
     engine = load_engine("shapes", device="cpu", steps=[steps])
-    requests = [GenerationRequest(p, seed=s, steps=steps, width=128, height=128) for p in PROMPTS for s in (1, 2)]
+    seeds = range(1, 9)
+    requests = [GenerationRequest(p, seed=s, steps=steps, width=128, height=128) for p in PROMPTS for s in seeds]
     images = [r.image for r in engine.generate(requests)]
     pred = judge_lib.predict(judge_lib.load(JUDGE_FILE), judge_lib.to_tensor(__import__("numpy").stack(images)))
     colours = [judge_lib.HEADS["colour"][int(c)] for c in pred["colour"][:, 0]]
-    asked = [colour for colour in PROMPTS.values() for _ in (1, 2)]
+    asked = [colour for colour in PROMPTS.values() for _ in seeds]
     hits = sum(a == b for a, b in zip(colours, asked))
-    assert hits >= 6, list(zip(asked, colours))  # generous: 6 of 8 (the measured rates are in docs/shapes.md)
+    # 32 images, so that the bar can sit far from both sides: the measured colour rates are 66-84 % (docs/shapes.md),
+    # an untrained or broken model's about 1 in 8; 16 of 32 fails the first almost never and passes the second never.
+    assert hits >= 16, list(zip(asked, colours))
 
 
 def test_a_prompt_from_outside_the_world_still_renders(engine):
