@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
-from realtime_fakes import free_port
+from realtime_fakes import free_port, wait_until
 from test_realtime_browser import CHROMIUM, FLAGS, WAIT_MS, wait_for_last_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,11 +47,14 @@ def test_app_main_starts_says_which_model_runs_and_why_on_the_page_and_stops_on_
     with open(log, "w") as out:
         app = subprocess.Popen([*command, "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300  # only stops a hang
-        while (health := healthz(port)) is None or not health["warm"]:
+
+        def warm() -> bool:
             assert app.poll() is None, f"app.py exited with {app.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"app.py was not warm after 300 s:\n{log.read_text()}"
-            time.sleep(0.5)
+            health = healthz(port)
+            return bool(health and health["warm"])
+
+        wait_until(warm, "app.py to warm up", limit_s=300, interval=0.5)
+        health = healthz(port)
         assert health["model"] == "shapes" and notice in health["notice"]
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
