@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipelines.conditioning import micro_conditioning
+from pipelines.denoiser import COND_KEYS
 from pipelines.errors import StudioError
 
 from .checkpoint import atomic_write_text
@@ -28,7 +29,7 @@ from .validation import sample_latents
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 INDEX = "index.json"
-KEYS = ("latents", "encoder_hidden_states", "text_embeds", "time_ids")
+KEYS = ("latents", *COND_KEYS)
 
 
 class DataError(StudioError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.fsdp import FSDPModule
 
-from pipelines.denoiser import zero_uncond
+from pipelines.denoiser import COND_KEYS, zero_uncond
 
 from .data import LatentCache
 from .discriminator import renoise_timesteps
@@ -23,8 +23,6 @@ from .sharding import whole
 from .solver import teacher_solve
 from .student import student_step
 from .x0_conversion import implied_x0
-
-COND_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
 
 
 def step_seed(*parts: int) -> int:
