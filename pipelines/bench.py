@@ -45,7 +45,11 @@ def median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
 
 
 def stock_pipeline(engine, steps: int) -> StableDiffusionXLPipeline:
-    """The model-card recipe on the engine's own weights: trailing Euler for this variant, eager modules."""
+    """The model-card recipe on the engine's own weights: trailing Euler for this variant, eager modules in PyTorch's
+    default memory layout (loading them into an engine made them channels_last, which stock diffusers does not do)."""
+    for module in (*engine.pipe.components.values(), engine.model.unets[steps]):
+        if isinstance(module, torch.nn.Module):
+            module.to(memory_format=torch.contiguous_format)
     pipe = StableDiffusionXLPipeline(
         **{**engine.pipe.components, "unet": engine.model.unets[steps], "scheduler": engine.model.spec.variant(steps).scheduler(engine.pipe.scheduler.config)}
     )

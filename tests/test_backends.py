@@ -19,6 +19,19 @@ def test_compiled_engine_captures_whole_graphs_and_matches_eager(tiny_engine):
     assert isinstance(engine.run_unet[1], torch._dynamo.eval_frame.OptimizedModule)
 
 
+def test_the_engine_convolves_channels_last_and_the_benchmarks_stock_recipe_in_the_default_layout():
+    """The engine's only CPU-side layout change (NHWC, oneDNN's fast path); the benchmark's stock column must not get it."""
+    from pipelines.bench import stock_pipeline
+
+    engine = load_engine("tiny", device="cpu", steps=[1])
+    # 3x3 kernels: a 1x1 kernel's two layouts are the same strides.
+    convs = lambda module: [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    for module in (engine.model.unets[1], engine.pipe.vae):
+        assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs(module))
+    pipe = stock_pipeline(engine, 1)
+    assert convs(pipe.unet) and convs(pipe.vae) and all(w.is_contiguous() for w in convs(pipe.unet) + convs(pipe.vae))
+
+
 def test_inductor_artifacts_are_saved_and_loaded(tmp_path):
     torch._dynamo.reset()
     model = backends.prepare(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()), "compile", torch.device("cpu"))
