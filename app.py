@@ -38,6 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--base", default=None, help="SDXL base (hub id or folder) for lightning / lightning-lora")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA, float32 on the CPU")
+    p.add_argument(
+        "--decode-dtype",
+        default=None,
+        choices=("float16", "bfloat16", "float32"),
+        help="the decoders' precision (default: the model's); bfloat16 decodes ~1.5x faster on CPUs with native bf16",
+    )
     p.add_argument("--max-clients", type=_positive, default=64)
     p.add_argument("--max-batch", type=_positive, default=4, help="most same-variant, same-size requests per engine call")
     p.add_argument("--preview-vae", choices=("tiny", "full"), default=None, help="decoder for the live stream (Compare steps always uses the full VAE)")
@@ -65,7 +71,14 @@ def main(argv=None) -> int:
 
     try:
         engine = load_engine(
-            model=args.model, device=args.device, steps=args.variants, backend=args.backend, preview_vae=args.preview_vae, dtype=args.dtype, base=args.base
+            model=args.model,
+            device=args.device,
+            steps=args.variants,
+            backend=args.backend,
+            preview_vae=args.preview_vae,
+            dtype=args.dtype,
+            base=args.base,
+            decode_dtype=args.decode_dtype,
         )
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)

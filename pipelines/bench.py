@@ -101,7 +101,7 @@ def module_flops(engine, steps: int, batch: int, size: int, vae: str) -> tuple[i
     return unet_flops, decode_flops
 
 
-def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repeats=5, warmup=2, dtype=None, log=print) -> dict:
+def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repeats=5, warmup=2, dtype=None, decode_dtype=None, log=print) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -125,7 +125,7 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
     _free(device)
 
     for backend in backends:
-        engine = load_engine(model, backend=backend, **load)
+        engine = load_engine(model, backend=backend, decode_dtype=decode_dtype, **load)
         log(f"[{backend}] warming up {len(steps_list)} variants x {len(batches)} batch sizes x {len(vaes)} decoders at {size}px ...")
         report["warmup_s"][backend] = engine.warmup([(size, size)], batches, vaes)
         report["compile_cache_loaded"][backend] = engine.compile_cache_loaded

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae", choices=("full", "tiny"), default="full", help="decoder: full SDXL VAE, or the tiny autoencoder (faster, less detail)")
     gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     gen.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None, help="default float16 on CUDA, float32 on CPU")
+    gen.add_argument(
+        "--decode-dtype",
+        choices=("float16", "bfloat16", "float32"),
+        default=None,
+        help="the decoders' precision (default: the model's); bfloat16 decodes ~1.5x faster on CPUs with native bf16",
+    )
     gen.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write (default out.png)")
 
     bench = commands.add_parser(
@@ -58,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="tiny", help="tiny or random-sdxl (or any --model of generate)")
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     bench.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None)
+    bench.add_argument("--decode-dtype", choices=("float16", "bfloat16", "float32"), default=None, help="the engine's decoders' precision")
     bench.add_argument("--size", type=int, default=None, help="image side (default 1024; 256 for tiny; 128 for shapes)")
     bench.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     bench.add_argument("--batch", type=int, nargs="+", default=[1])
@@ -84,6 +91,7 @@ def generate(args) -> None:
         dtype=args.dtype,
         base=args.base,
         preview_vae="tiny" if args.vae == "tiny" else None,
+        decode_dtype=args.decode_dtype,
     )
     if engine.notice:
         print(engine.notice, file=sys.stderr)
@@ -117,7 +125,17 @@ def bench(args) -> None:
         torch.set_num_threads(args.threads)
     size = args.size or {"tiny": 256, "shapes": 128}.get(args.model, 1024)
     report = run_benchmark(
-        args.model, args.device, size, args.steps, args.batch, args.backend, args.vae, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype
+        args.model,
+        args.device,
+        size,
+        args.steps,
+        args.batch,
+        args.backend,
+        args.vae,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        decode_dtype=args.decode_dtype,
     )
     if args.json:
         write_json(report, args.json)

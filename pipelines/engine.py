@@ -6,6 +6,7 @@ diffusers' EulerDiscreteScheduler with trailing spacing (pipelines.sampling); a 
 the stock StableDiffusionXLPipeline.
 """
 
+import copy
 import logging
 import time
 from collections import OrderedDict
@@ -87,6 +88,7 @@ class Engine:
         compiler: str = "inductor",
         compile_cache=None,
         compile_cache_loaded: bool = False,
+        decode_dtype: torch.dtype | None = None,
     ):
         self.model, self.backend, self.notice = model, backend, notice
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
@@ -116,9 +118,10 @@ class Engine:
             if id(unet) not in compiled:
                 compiled[id(unet)] = backends.prepare(unet, backend, self.device, compiler)
         self.run_unet = {steps: compiled[id(unet)] for steps, unet in model.unets.items()}
-        self.run_decode = {"full": backends.prepare(_Decoder(self.pipe.vae), backend, self.device, compiler)}
-        if model.vae_tiny is not None:
-            self.run_decode["tiny"] = backends.prepare(_Decoder(model.vae_tiny), backend, self.device, compiler)
+        decoders = {"full": self.pipe.vae, "tiny": model.vae_tiny}
+        self.run_decode = {
+            name: backends.prepare(_Decoder(_in_dtype(vae, decode_dtype)), backend, self.device, compiler) for name, vae in decoders.items() if vae is not None
+        }
         self.default_vae = "full"
 
     # ---- validation -------------------------------------------------------------------------------------------
@@ -281,6 +284,13 @@ class _Decoder(torch.nn.Module):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return self.vae.decode(latents, return_dict=False)[0]
+
+
+def _in_dtype(vae: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """The decoder in its own precision, on a copy: the pipeline's VAE (what the stock recipe and the autoencoder
+    round trip use) keeps the model's. bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX) decodes the shapes
+    model's 128 px pictures in 18 ms instead of 27, at 61 dB PSNR against fp32 (docs/benchmarks.md)."""
+    return vae if dtype in (None, vae.dtype) else copy.deepcopy(vae).to(dtype)
 
 
 def _is_int(value) -> bool:

@@ -42,6 +42,7 @@ def load_engine(
     dtype: str | None = None,
     base: str | None = None,
     compile_cache: bool = True,
+    decode_dtype: str | None = None,
     check_finite: bool = True,
     compiler: str = "inductor",
 ) -> Engine:
@@ -49,7 +50,7 @@ def load_engine(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    options = LoadOptions(device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler)
+    options = LoadOptions(device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, decode_dtype)
     if model is not None:
         return _load(model, options)
     model, notice = default_model(device)
@@ -78,13 +79,15 @@ class LoadOptions:
     compile_cache: bool
     check_finite: bool
     compiler: str
+    decode_dtype: str | None = None  # the decoders' own precision (None: the model's)
 
 
 def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
     if o.preview_vae not in (None, "full", "tiny"):
         raise InvalidModel(f"preview_vae must be 'full' or 'tiny', got {o.preview_vae!r}")
-    if o.dtype is not None and o.dtype not in DTYPES:
-        raise InvalidModel(f"dtype must be one of {', '.join(DTYPES)}, got {o.dtype!r}")
+    for name, value in (("dtype", o.dtype), ("decode_dtype", o.decode_dtype)):
+        if value is not None and value not in DTYPES:
+            raise InvalidModel(f"{name} must be one of {', '.join(DTYPES)}, got {value!r}")
     device, backend = o.device, o.backend
     torch_dtype = DTYPES[o.dtype] if o.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     spec = variants.resolve(model, o.base, o.steps).restricted_to(o.steps)
@@ -108,6 +111,7 @@ def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
         compiler=o.compiler,
         compile_cache=cache,
         compile_cache_loaded=cache_loaded,
+        decode_dtype=DTYPES[o.decode_dtype] if o.decode_dtype else None,
     )
     if o.preview_vae == "tiny":
         engine.default_vae = "tiny"
