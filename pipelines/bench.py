@@ -117,6 +117,7 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
     # in place (channels_last, compiled graphs) and stock diffusers upcasts its VAE in place; neither may leak.
     stock = load_engine(model, backend="eager", **load)
     report["dtype"] = str(stock.dtype).removeprefix("torch.")
+    report["decode_dtype"] = decode_dtype or report["dtype"]  # the engine's decoders; the stock recipe's are in dtype
     report["peak_tflops"] = measured_peak_tflops(device, stock.dtype)
     log(f"stock diffusers recipe on {report['device']} ...")
     stock_ms = {(s, b): bench_stock(stock, s, b, size, repeats, warmup) for s in steps_list for b in batches}
@@ -186,7 +187,7 @@ def format_row(r: dict) -> str:
 
 def print_table(report: dict, log=print) -> None:
     log(
-        f"\n{report['model']} on {report['device']}, torch {report['torch']}, {report.get('dtype')}; "
+        f"\n{report['model']} on {report['device']}, torch {report['torch']}, {report.get('dtype')} (decoders {report.get('decode_dtype')}); "
         f"measured matmul peak {report['peak_tflops']:.1f} TFLOP/s; warm-up s: " + ", ".join(f"{k} {v:.1f}" for k, v in report["warmup_s"].items())
     )
     log(HEADER)

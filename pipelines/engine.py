@@ -289,7 +289,7 @@ class _Decoder(torch.nn.Module):
 def _in_dtype(vae: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
     """The decoder in its own precision, on a copy: the pipeline's VAE (what the stock recipe and the autoencoder
     round trip use) keeps the model's. bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX) decodes the shapes
-    model's 128 px pictures in 17 ms instead of 27, at 57-60 dB PSNR against fp32 (docs/benchmarks.md)."""
+    model's 128 px pictures in 17-21 ms instead of 27, at 57-60 dB PSNR against fp32 (docs/benchmarks.md)."""
     return vae if dtype in (None, vae.dtype) else copy.deepcopy(vae).to(dtype)
 
 
