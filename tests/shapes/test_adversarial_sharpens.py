@@ -25,7 +25,7 @@ from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from distill import steps as distill_steps
 from distill.config import PhaseConfig, StageConfig, TrainConfig
 from distill.discriminator import Discriminator
-from distill.schedule import add_noise, alphas_cumprod, student_jump, training_timesteps
+from distill.schedule import alphas_cumprod
 from distill.shapes import evaluate
 from distill.shapes.data import captions_for, images, training_scene
 from distill.shapes.metrics import laplacian_energy
@@ -37,25 +37,31 @@ STAGE = StageConfig("1step", 2, 1, (), prediction_type="sample")  # the shipped 
 ALPHAS_BAR = alphas_cumprod()
 
 
+class ScenesInMemory:
+    """What the trainer's latent cache serves (len, batch of latents and conditioning), held in memory."""
+
+    def __init__(self, latents, cond: dict):
+        self.rows = {"latents": latents, **cond}
+
+    def __len__(self) -> int:
+        return len(self.rows["latents"])
+
+    def batch(self, indices) -> dict:
+        return {k: v[indices] for k, v in self.rows.items()}
+
+
 @pytest.fixture(scope="module")
 def world():
-    """The shipped base's components, the 2-step student as teacher, encoded training scenes with their captions, a
-    batch drawer like the trainer's, and the evaluation prompts' conditioning, noise and real renders."""
+    """The shipped base's components, the 2-step student as teacher, encoded training scenes with their captions
+    drawn by the trainer's own draw_batch, and the evaluation prompts' conditioning, noise and real renders."""
     components = StableDiffusionXLPipeline.from_pretrained(SHAPES_FOLDER, dtype=torch.float32).components
     teacher = UNet2DConditionModel.from_pretrained(SHAPES_FOLDER / "students" / "2step" / "unet").float().eval().requires_grad_(False)
     vae = components["vae"]
     with torch.no_grad():
         scenes = images([training_scene(0, i) for i in range(SCENES)], 128)
         latents = torch.cat([vae.encode(b).latent_dist.mode() for b in scenes.split(32)]) * vae.config.scaling_factor
-    train_cond = encode_prompts(components, captions_for(range(SCENES), 0, random.Random(0)), 128, "cpu")
-    grid = training_timesteps(STAGE.student_steps)
-
-    def draw(generator):
-        """What the trainer's draw_batch does with its latent cache: scenes at a 1-step training timestep."""
-        pick = torch.randint(SCENES, (BATCH,), generator=generator)
-        t = grid[int(torch.randint(len(grid), (1,), generator=generator))]
-        x_t = add_noise(latents[pick], torch.randn(latents[pick].shape, generator=generator), t, ALPHAS_BAR)
-        return x_t, t, student_jump(t, STAGE.teacher_steps, STAGE.student_steps), {k: v[pick] for k, v in train_cond.items()}
+    data = ScenesInMemory(latents, encode_prompts(components, captions_for(range(SCENES), 0, random.Random(0)), 128, "cpu"))
+    draw = lambda generator: distill_steps.draw_batch(data, STAGE, BATCH, generator, ALPHAS_BAR, "cpu")  # noqa: E731
 
     prompts, seeds = evaluate._prompts_and_seeds(8, 2)
     eval_cond = encode_prompts(components, [p.text for p in prompts for _ in seeds], 128, "cpu")
