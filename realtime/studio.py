@@ -1,6 +1,6 @@
 """What one running studio holds: the engine, its GPU worker, the encoder pool, limits and metrics.
 
-Built once by app.py (or a test) and shared by the /ws handler, /healthz, /metrics and the Gradio UI.
+Built once by realtime.cli (or a test) and shared by the /ws handler, /healthz, /metrics and the Gradio UI.
 """
 
 import json

@@ -1,14 +1,9 @@
-"""app.py's command line: flags, the STUDIO_ARGS variable hosts use instead, and a clear error for a bad model."""
-
-import importlib.util
-from pathlib import Path
+"""The studio's command line (realtime.cli, behind app.py and the console script): flags, the STUDIO_ARGS variable
+hosts use instead, and a clear error for a bad model."""
 
 import pytest
 
-# app.py is a script at the repository root, not part of the installed packages: load it by path.
-_spec = importlib.util.spec_from_file_location("studio_app", Path(__file__).resolve().parents[2] / "app.py")
-app = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(app)
+from realtime import cli as app
 
 
 def test_flags_and_studio_args(monkeypatch):

@@ -1,0 +1,105 @@
+"""The studio's command line: `lightning-studio`, `python -m realtime` and `python app.py` all start it here. It serves
+the Gradio UI at /, the per-keystroke stream at /ws, /healthz and /metrics from one uvicorn server (one port, as
+Hugging Face Spaces require)."""
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Flags come from the command line, after any in STUDIO_ARGS (hosts such as Spaces run plain `python app.py`)."""
+    argv = shlex.split(os.environ.get("STUDIO_ARGS", "")) + list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="lightning-studio", description=__doc__)
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument(
+        "--model",
+        default=None,
+        help="shapes | tiny | random-sdxl | lightning | lightning-lora | a local folder (default: lightning on CUDA, else the embedded shapes model)",
+    )
+    p.add_argument("--variants", type=int, nargs="+", default=None, help="step counts to load, e.g. 1 2 4 8")
+    p.add_argument(
+        "--backend",
+        default="eager",
+        choices=("eager", "compile", "tensorrt"),
+        help="eager; compile (torch.compile, CUDA graphs on CUDA; artifacts cached on disk); tensorrt (extra)",
+    )
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--base", default=None, help="SDXL base (hub id or folder) for lightning / lightning-lora")
+    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA, float32 on the CPU")
+    p.add_argument(
+        "--decode-dtype",
+        default=None,
+        choices=("float16", "bfloat16", "float32"),
+        help="the decoders' precision (default: the model's); bfloat16 decodes ~1.5x faster on CPUs with native bf16",
+    )
+    p.add_argument("--max-clients", type=_positive, default=64)
+    p.add_argument("--max-batch", type=_positive, default=4, help="most same-variant, same-size requests per engine call")
+    p.add_argument("--preview-vae", choices=("tiny", "full"), default=None, help="decoder for the live stream (Compare steps always uses the full VAE)")
+    p.add_argument(
+        "--gradio-events",
+        action="store_true",
+        default=bool(os.environ.get("SPACES_ZERO_GPU")),
+        help="drive the image with Gradio events instead of the WebSocket (default on ZeroGPU Spaces, where a GPU is only attached inside Gradio events)",
+    )
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds of silence before a client is closed")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.gradio_events and os.environ.get("SPACES_ZERO_GPU"):
+        import spaces  # noqa: F401  ZeroGPU must patch CUDA before torch is imported
+
+    import uvicorn
+
+    from pipelines import StudioError, load_engine
+    from realtime.server import create_app
+    from realtime.studio import Studio, StudioConfig
+
+    try:
+        engine = load_engine(
+            model=args.model,
+            device=args.device,
+            steps=args.variants,
+            backend=args.backend,
+            preview_vae=args.preview_vae,
+            dtype=args.dtype,
+            base=args.base,
+            decode_dtype=args.decode_dtype,
+        )
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    compiled = args.backend != "eager"
+    config = StudioConfig(
+        max_clients=args.max_clients,
+        max_batch=args.max_batch,
+        preview_vae=args.preview_vae,
+        idle_timeout_s=args.idle_timeout,
+        gradio_events=args.gradio_events,
+        warm=not os.environ.get("SPACES_ZERO_GPU"),
+        warm_batch_sizes=tuple(range(1, args.max_batch + 1)) if compiled else (1,),
+    )
+    studio = Studio(engine, config)
+    print(studio.notice, flush=True)
+    studio.start()  # warms up on the worker thread; /healthz answers 503 until it is done
+    app = create_app(studio)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, ws="websockets-sansio", ws_max_size=64 * 1024, ws_per_message_deflate=False, log_level="info")
+    finally:
+        studio.stop()
+    return 0
