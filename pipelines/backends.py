@@ -45,6 +45,12 @@ def prepare(module: torch.nn.Module, backend: str, device: torch.device, compile
     return torch.compile(module, backend="tensorrt", dynamic=False, options={"enabled_precisions": {dtype}})
 
 
+def allow_graphs(count: int) -> None:
+    """Let torch.compile keep `count` graphs per code object: every declared (size, batch bucket) of every module
+    sharing a forward is one graph, and past torch's recompile limit (8) a fullgraph compile fails instead."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, count)
+
+
 def step_begin(backend: str, device: torch.device) -> None:
     """Mark a new iteration for CUDA-graph trees, so a replay may reuse the previous step's output buffers."""
     if backend == "compile" and device.type == "cuda":

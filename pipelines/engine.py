@@ -8,6 +8,7 @@ the stock StableDiffusionXLPipeline.
 
 import copy
 import logging
+import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -15,11 +16,12 @@ from contextlib import contextmanager
 import torch
 
 from . import backends, sampling
-from .conditioning import MAX_SEED, TOKEN_WINDOW, time_ids
+from .conditioning import TOKEN_WINDOW, time_ids
 from .denoiser import Denoiser
 from .errors import InvalidRequest, NonFiniteOutput
 from .loading import LoadedModel
-from .requests import GenerationRequest, GenerationResult
+from .requests import GenerationRequest, GenerationResult, ServingLimits
+from .sizes import Size
 
 TRUNCATION_NOTICE = "The following part of your input was truncated"
 log = logging.getLogger(__name__)
@@ -79,8 +81,9 @@ class Engine:
         self,
         model: LoadedModel,
         backend: str = "eager",
-        size_limits=(64, 2048),
+        sizes: tuple[Size, ...] = ((1024, 1024),),
         default_size: int = 1024,
+        max_batch: int = 1,
         notice: str | None = None,
         check_finite: bool = True,
         prompt_cache_size: int = 512,
@@ -92,8 +95,16 @@ class Engine:
     ):
         self.model, self.backend, self.notice = model, backend, notice
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
-        self.size_limits, self.default_size, self.check_finite = size_limits, default_size, check_finite
+        self.default_size, self.check_finite = default_size, check_finite
         self.steps = tuple(sorted(model.unets))
+        self.sizes = tuple(sizes)  # the declared sizes: warmed at start, the only ones a server accepts
+        self.limits = ServingLimits(self.steps, self.sizes)
+        # Compiled graphs have static shapes: a partial batch is padded up to the next bucket, so warm-up compiles
+        # two graphs per size instead of one per batch size. Eager runs any batch size as it is.
+        self.batch_buckets = buckets_up_to(max_batch) if backend != "eager" else None
+        # One generate call at a time: denoise switches the shared UNet's LoRA adapters, and a second caller (a
+        # Gradio handler beside the worker) must not switch them mid-call.
+        self._lock = threading.Lock()
         self.model_name, self.description, self.examples = model.spec.name, model.spec.description, model.spec.examples
         # The variant the live stream types with: the model's choice if loaded, else the fewest steps.
         self.live_steps = model.spec.live_steps if model.spec.live_steps in self.steps else self.steps[0]
@@ -113,6 +124,8 @@ class Engine:
             timesteps, sigmas = sampling.trailing_schedule(steps, alphas_bar)
             guidance = variant.guidance_scale if variant.guided else None
             self.schedules[steps] = (variant.prediction_type, timesteps.to(self.device), sigmas, guidance)
+        if backend != "eager":  # every declared shape of a module is one graph of its forward's code object
+            backends.allow_graphs(len(self.sizes) * len(self.batch_buckets) * len({id(u) for u in model.unets.values()}))
         compiled = {}  # LoRA variants share one UNet: compile each distinct module once
         for unet in model.unets.values():
             if id(unet) not in compiled:
@@ -126,20 +139,16 @@ class Engine:
 
     # ---- validation -------------------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
-        """Raise InvalidRequest with a message a user can act on; does no model work."""
+        """Raise InvalidRequest with a message a user can act on; does no model work. Serving code asks this once
+        per request, before queueing it; generate itself does not ask again."""
         if not isinstance(request, GenerationRequest):
             raise InvalidRequest(f"expected a GenerationRequest, got {type(request).__name__}")
         if not isinstance(request.prompt, str):
             raise InvalidRequest(f"prompt must be a string, got {type(request.prompt).__name__}")
-        if not _is_int(request.steps) or request.steps not in self.steps:
-            raise InvalidRequest(f"steps={request.steps!r} is not loaded; this model offers {', '.join(map(str, self.steps))} steps")
-        if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
-            raise InvalidRequest(f"seed must be an integer in [0, {MAX_SEED}], got {request.seed!r}")
-        low, high = self.size_limits
-        for name in ("width", "height"):
-            value = getattr(request, name)
-            if not _is_int(value) or value % 8 or not low <= value <= high:
-                raise InvalidRequest(f"{name} must be a multiple of 8 between {low} and {high}, got {value!r}")
+        for name in ("steps", "seed", "width", "height"):
+            if not _is_int(getattr(request, name)):
+                raise InvalidRequest(f"{name} must be an integer, got {getattr(request, name)!r}")
+        self.limits.check(request)
 
     def count_tokens(self, prompt: str) -> tuple[int, int]:
         """(tokens kept, tokens dropped) against the 77-token window, start and end tokens included."""
@@ -148,20 +157,22 @@ class Engine:
 
     # ---- generation -------------------------------------------------------------------------------------------
     def generate(self, requests: list[GenerationRequest], vae: str | None = None, output_type: str = "uint8") -> list[GenerationResult]:
-        """Render every request; compatible ones (same steps and size) run as one batch. Results keep input order."""
+        """Render every request; compatible ones (same steps and size) run as one batch, at most the largest batch
+        bucket at a time. Results keep input order. Requests are not validated here (see validate)."""
         vae = vae or self.default_vae
         if vae not in self.run_decode:
             raise InvalidRequest(f"vae={vae!r} is not loaded; available: {', '.join(self.run_decode)}")
-        for request in requests:
-            self.validate(request)
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.batch_key, []).append(index)
+        largest = self.batch_buckets[-1] if self.batch_buckets else len(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
-        for indices in groups.values():
-            batch = [requests[i] for i in indices]
-            for i, result in zip(indices, self._generate_batch(batch, vae, output_type)):
-                results[i] = result
+        with self._lock:
+            for group in groups.values():
+                for start in range(0, len(group), largest):
+                    indices = group[start : start + largest]
+                    for i, result in zip(indices, self._generate_batch([requests[i] for i in indices], vae, output_type)):
+                        results[i] = result
         return results
 
     @torch.inference_mode()
@@ -169,6 +180,9 @@ class Engine:
         steps, width, height = batch[0].batch_key
         timer = Timer(self.device)
         start = time.perf_counter()
+        served = len(batch)
+        if self.batch_buckets:  # pad with copies of the last request; their images are dropped below
+            batch = batch + batch[-1:] * (bucket_for(served, self.batch_buckets) - served)
         with timer.stage("text"):
             embeds, pooled = self._prompt_embeddings([r.prompt for r in batch])
         with timer.stage("denoise"):
@@ -181,7 +195,7 @@ class Engine:
             images = (images * 255).round().to(torch.uint8) if output_type == "uint8" else images
             images = images.cpu().numpy()
         timer.ms["total"] = (time.perf_counter() - start) * 1000
-        return [GenerationResult(r, image, dict(timer.ms), self.count_tokens(r.prompt)[1], len(batch)) for r, image in zip(batch, images)]
+        return [GenerationResult(r, image, dict(timer.ms), self.count_tokens(r.prompt)[1], served) for r, image in zip(batch[:served], images)]
 
     def denoise(self, steps: int, noise: torch.Tensor, embeds, pooled, height: int, width: int) -> torch.Tensor:
         """Trailing Euler from pure noise to x0 with the variant's UNet (pipelines.sampling.sample_from_noise, the
@@ -239,13 +253,13 @@ class Engine:
             )
 
     # ---- start-up ---------------------------------------------------------------------------------------------
-    def warmup(self, sizes=None, batch_sizes=(1,), vaes=None) -> float:
-        """Run every (variant, batch size, size, decoder) once so the first real request meets warm, compiled code."""
+    def warmup(self, vaes=None) -> float:
+        """Run every (variant, declared size, batch bucket, decoder) once, so no request meets a cold or uncompiled
+        shape: with a compiled backend, len(sizes) × len(batch buckets) graphs per UNet and per decoder."""
         start = time.perf_counter()
-        sizes = sizes or [(self.default_size, self.default_size)]
         for steps in self.steps:
-            for width, height in sizes:
-                for batch_size in batch_sizes:
+            for width, height in self.sizes:
+                for batch_size in self.batch_buckets or (1,):
                     for vae in vaes or [self.default_vae]:
                         requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
                         self.generate(requests, vae=vae)
@@ -272,6 +286,16 @@ class Engine:
             report["cuda_reserved"] = torch.cuda.memory_reserved(self.device)
             report["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
         return report
+
+
+def buckets_up_to(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes compiled graphs exist for: 1 (a lone typist) and max_batch (a full batch)."""
+    return tuple(sorted({1, max_batch}))
+
+
+def bucket_for(count: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds `count` requests (buckets ascending, count <= the largest)."""
+    return next(b for b in buckets if b >= count)
 
 
 class _Decoder(torch.nn.Module):

@@ -9,12 +9,14 @@ from . import backends, variants
 from .engine import Engine
 from .errors import InvalidModel, WeightsUnavailable
 from .loading import BUILTIN_BASES, load_model
+from .sizes import check as check_sizes
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 EMBEDDED_DEFAULT = "shapes"
 LAST_RESORT = "tiny"  # built in code: starts even if the shipped shapes weights are missing
-# SDXL was trained from 512 to 2048 px; the tiny model is only useful small, and cheap enough on a CPU.
+# The sides a model can render at all (declared sizes must lie within): SDXL was trained from 512 to 2048 px; the
+# tiny model is only useful small, and cheap enough on a CPU.
 SIZE_LIMITS = {"tiny": (64, 1024)}
 DEFAULT_SIZE = {"tiny": 256}
 NO_CUDA = "No CUDA GPU found, so the embedded shapes model runs on the CPU: {description}. Start with --model lightning on a CUDA machine for SDXL-Lightning."
@@ -45,12 +47,19 @@ def load_engine(
     decode_dtype: str | None = None,
     check_finite: bool = True,
     compiler: str = "inductor",
+    sizes: tuple | None = None,
+    max_batch: int = 1,
 ) -> Engine:
-    """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup())."""
+    """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup()).
+
+    `sizes`: the (width, height) pairs to serve (default: the model's native square, and twice it for a model trained
+    small); `max_batch`: the largest batch a compiled backend pads to."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    options = LoadOptions(device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, decode_dtype)
+    options = LoadOptions(
+        device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, decode_dtype, sizes, max_batch
+    )
     if model is not None:
         return _load(model, options)
     model, notice = default_model(device)
@@ -80,6 +89,8 @@ class LoadOptions:
     check_finite: bool
     compiler: str
     decode_dtype: str | None = None  # the decoders' own precision (None: the model's)
+    sizes: tuple | None = None  # declared (width, height) sizes; None: the model's default
+    max_batch: int = 1
 
 
 def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
@@ -92,20 +103,25 @@ def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
     torch_dtype = DTYPES[o.dtype] if o.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     spec = variants.resolve(model, o.base, o.steps).restricted_to(o.steps)
 
+    key = spec.base if spec.base in BUILTIN_BASES else None
+    size_limits, default_size = SIZE_LIMITS.get(key, (256, 2048)), DEFAULT_SIZE.get(key, 1024)
+    default_sizes = ((default_size, default_size),)
+    if spec.resolution:  # a model trained small (the shapes world) serves its own size and twice it
+        size_limits, default_size = (min(64, spec.resolution), 2 * spec.resolution), spec.resolution
+        default_sizes = tuple((side, side) for side in (spec.resolution, 2 * spec.resolution))
+    declared = check_sizes(tuple(o.sizes or default_sizes), *size_limits)  # before loading: a bad --sizes fails fast
+
     cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and o.compile_cache else None
     cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)
     loaded = load_model(spec, device, torch_dtype, o.preview_vae == "tiny")
-    key = spec.base if spec.base in BUILTIN_BASES else None
-    size_limits, default_size = SIZE_LIMITS.get(key, (256, 2048)), DEFAULT_SIZE.get(key, 1024)
-    if spec.resolution:  # a model trained small (the shapes world) serves its own size and up to twice it
-        size_limits, default_size = (min(64, spec.resolution), 2 * spec.resolution), spec.resolution
     if notice:
         notice = notice.replace("{description}", spec.description or spec.name)
     engine = Engine(
         loaded,
         backend,
-        size_limits=size_limits,
+        sizes=declared,
         default_size=default_size,
+        max_batch=o.max_batch,
         notice=notice,
         check_finite=o.check_finite,
         compiler=o.compiler,

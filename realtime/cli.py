@@ -37,6 +37,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="eager; compile (torch.compile, CUDA graphs on CUDA; artifacts cached on disk); tensorrt (extra)",
     )
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="one engine and worker per device, all fed by one scheduler: a comma list (cuda:0,cuda:1 or cpu,cpu) or 'all' (every CUDA GPU)",
+    )
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        help="the sizes served, WIDTHxHEIGHT (e.g. 1024x1024 1152x896 896x1152) or 'sdxl' for all of SDXL's aspect buckets; "
+        "all are warmed at start and any other size is refused (default: the model's native square; shapes: 128x128 256x256)",
+    )
     p.add_argument("--base", default=None, help="SDXL base (hub id or folder) for lightning / lightning-lora")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA, float32 on the CPU")
     p.add_argument(
@@ -58,43 +70,73 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def device_list(devices: str | None, device: str | None, cuda_count: int) -> list[str | None]:
+    """--devices -> one device per worker: 'all' is every CUDA GPU (the CPU when there is none); without --devices,
+    the one --device (None: cuda when available)."""
+    if devices is None:
+        return [device]
+    if devices == "all":
+        return [f"cuda:{i}" for i in range(cuda_count)] or ["cpu"]
+    return [d.strip() for d in devices.split(",") if d.strip()]
+
+
+def backend_for_host(backend: str, zero_gpu: bool) -> tuple[str, str | None]:
+    """(backend to run, notice for the page). ZeroGPU attaches a GPU to a short-lived process per @spaces.GPU call,
+    so just-in-time compiled graphs and CUDA graphs would be rebuilt on every call: compilation is off there."""
+    if zero_gpu and backend != "eager":
+        return "eager", f"--backend {backend} is off on ZeroGPU (compiled graphs do not outlive its per-call GPU processes); the UNet runs eager."
+    return backend, None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.gradio_events and os.environ.get("SPACES_ZERO_GPU"):
+    zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
+    if args.gradio_events and zero_gpu:
         import spaces  # noqa: F401  ZeroGPU must patch CUDA before torch is imported
 
+    import torch
     import uvicorn
 
     from pipelines import StudioError, load_engine
+    from pipelines.sizes import parse as parse_sizes
     from realtime.server import create_app
     from realtime.studio import Studio, StudioConfig
 
+    backend, host_notice = backend_for_host(args.backend, zero_gpu)
+    devices = device_list(args.devices, args.device, torch.cuda.device_count() if args.devices == "all" else 0)
     try:
-        engine = load_engine(
-            model=args.model,
-            device=args.device,
-            steps=args.variants,
-            backend=args.backend,
-            preview_vae=args.preview_vae,
-            dtype=args.dtype,
-            base=args.base,
-            decode_dtype=args.decode_dtype,
-        )
+        sizes = parse_sizes(args.sizes) if args.sizes else None
+        engines = [
+            load_engine(
+                model=args.model,
+                device=device,
+                steps=args.variants,
+                backend=backend,
+                preview_vae=args.preview_vae,
+                dtype=args.dtype,
+                base=args.base,
+                decode_dtype=args.decode_dtype,
+                sizes=sizes,
+                max_batch=args.max_batch,
+            )
+            for device in devices
+        ]
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    compiled = args.backend != "eager"
+    cpu_workers = sum(e.device.type == "cpu" for e in engines)
     config = StudioConfig(
         max_clients=args.max_clients,
         max_batch=args.max_batch,
         preview_vae=args.preview_vae,
         idle_timeout_s=args.idle_timeout,
         gradio_events=args.gradio_events,
-        warm=not os.environ.get("SPACES_ZERO_GPU"),
-        warm_batch_sizes=tuple(range(1, args.max_batch + 1)) if compiled else (1,),
+        warm=not zero_gpu,
+        cpu_threads=max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else None,
+        notice=host_notice,
     )
-    studio = Studio(engine, config)
+    studio = Studio(engines, config)
     print(studio.notice, flush=True)
     studio.start()  # warms up on the worker thread; /healthz answers 503 until it is done
     app = create_app(studio)

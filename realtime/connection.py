@@ -101,15 +101,15 @@ class Connection:
             )
             return
         try:
-            message = protocol.parse(data, self.studio.limits)
+            message = protocol.parse(data)
             if isinstance(message, protocol.Hello):
                 await self._send_text(self.studio.status_message())
                 return
             request = GenerationRequest(message.prompt, message.seed, message.steps, message.width, message.height)
-            try:
+            try:  # the model's limits (variants, declared sizes, seeds): the engine's, asked once, here
                 self.studio.engine.validate(request)
             except InvalidRequest as e:
-                raise protocol.ProtocolError("invalid_request", str(e), message.seq) from None
+                raise protocol.ProtocolError("out_of_range", str(e), message.seq) from None
             job = Job(self.id, message.seq, (message.steps, message.width, message.height), request, time.perf_counter())
             try:
                 self.studio.worker.submit(job)

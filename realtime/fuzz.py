@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 
 import websockets
 
+from pipelines.requests import ServingLimits
+
 from .fuzz_messages import draw_message, expected_answer, generate_body
-from .protocol import Limits, unpack_frame
+from .protocol import unpack_frame
 from .reports import http_json, publish
 
 EXAMPLES_KEPT = 20  # failures listed in the report; the counts cover all of them
@@ -45,7 +47,7 @@ class ClientReport:
     superseded: int = 0
 
 
-async def run_client(index: int, args, limits: Limits, default_size: int, count: int) -> ClientReport:
+async def run_client(index: int, args, limits: ServingLimits, count: int) -> ClientReport:
     report = ClientReport()
     rng = random.Random(f"{args.seed}:{index}")
     unsequenced_expected: list[str] = []  # in send order: "status" or an error code
@@ -87,9 +89,9 @@ async def run_client(index: int, args, limits: Limits, default_size: int, count:
                 # seq is accepted[-1] (no message is lost to the rate limit at this pace): anything up to it is stale.
                 stale = rng.randint(0, accepted[-1]) if accepted else None
                 if i == count:  # every client ends on a valid generate, whose answer must arrive
-                    name, payload, intended = "generate", json.dumps(generate_body(rng, limits, seq, default_size)), None
+                    name, payload, intended = "generate", json.dumps(generate_body(rng, limits, seq)), None
                 else:
-                    name, payload, intended = draw_message(rng, limits, seq, stale, default_size)
+                    name, payload, intended = draw_message(rng, limits, seq, stale)
                 expected = expected_answer(payload, limits, accepted[-1] if accepted else -1)
                 if intended is not None and expected.code != intended:
                     report.failures.append(("fuzzer_disagrees_with_parser", f"{name}: built for {intended}, parser says {expected.code}"))
@@ -167,13 +169,13 @@ async def fuzz(args) -> dict:
     code, health = http_json(args.url, "/healthz")
     if code != 200:
         raise SystemExit(f"{args.url}: /healthz answered {code or 'nothing'}; start the server (and let it warm up) first")
-    limits = Limits(tuple(health["variants"]), *health["size_limits"])
+    limits = ServingLimits.from_json(health)  # the engine's limits, as the server reports them
     per_client = [args.messages // args.clients + (i < args.messages % args.clients) for i in range(args.clients)]
     samples: list = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(args.url, args.rss_every, samples, stop))
     started = time.monotonic()
-    reports = await asyncio.gather(*(run_client(i, args, limits, health["default_size"], n) for i, n in enumerate(per_client)))
+    reports = await asyncio.gather(*(run_client(i, args, limits, n) for i, n in enumerate(per_client)))
     elapsed = time.monotonic() - started
     stop.set()
     await sampler

@@ -1,33 +1,42 @@
 """The fuzz's messages: random valid and invalid /ws messages of every class docs/protocol.md names, and the answer
-the protocol owes each one. Pure functions of a seeded random generator, so a seed replays the same messages."""
+the server owes each one. Pure functions of a seeded random generator, so a seed replays the same messages.
+
+The answer owed is the protocol's verdict on the message's form, then the engine's limits as the server reports
+them (`ServingLimits` from /healthz: variants, declared sizes, seeds), the same two checks the server makes."""
 
 import json
 import random
 from dataclasses import dataclass
 
-from pipelines.conditioning import MAX_SEED
+from pipelines import GenerationRequest, InvalidRequest
+from pipelines.requests import ServingLimits
 
 from . import protocol
-from .protocol import Hello, Limits, ProtocolError
+from .protocol import Hello, ProtocolError
 
 PROMPTS = ("", "a red circle", "two blue squares on grey", "ünïcødé ✓ 漢字 😀", "\u200f\u05e9\u05dc\u05d5\u05dd", "a\u0301" * 40, " ".join(["word"] * 90))
 
 
-def generate_body(rng: random.Random, limits: Limits, seq: int, default_size: int) -> dict:
-    """A valid generate: small sizes mostly (the soak is about the server, not the model), any loaded step count."""
-    if rng.random() < 0.1:
-        side = lambda: rng.randrange(limits.min_side, limits.max_side + 1, limits.multiple)
-    else:
-        side = lambda: rng.choice((limits.min_side, default_size))
+def generate_body(rng: random.Random, limits: ServingLimits, seq: int) -> dict:
+    """A valid generate: any declared size, any loaded step count."""
+    width, height = rng.choice(limits.sizes)
     return {
         "type": "generate",
         "seq": seq,
         "prompt": rng.choice(PROMPTS),
-        "seed": rng.randint(0, MAX_SEED),
+        "seed": rng.randint(0, limits.max_seed),
         "steps": rng.choice(limits.steps),
-        "width": side(),
-        "height": side(),
+        "width": width,
+        "height": height,
     }
+
+
+def undeclared_size(rng: random.Random, limits: ServingLimits) -> tuple[int, int]:
+    """A size the server does not serve: a declared one with a side moved by a multiple of 8, or not a multiple of 8."""
+    width, height = rng.choice(limits.sizes)
+    while (width, height) in limits.sizes:
+        width = max(8, width + rng.choice((-64, -8, 8, 64, 1)))
+    return width, height
 
 
 def with_field(body: dict, name: str, value) -> dict:
@@ -60,12 +69,11 @@ def mutated(rng: random.Random, text: str, seq: int) -> str:
             return candidate
 
 
-def draw_message(rng: random.Random, limits: Limits, seq: int, stale_seq: int | None, default_size: int) -> tuple[str, str | bytes, str | None]:
+def draw_message(rng: random.Random, limits: ServingLimits, seq: int, stale_seq: int | None) -> tuple[str, str | bytes, str | None]:
     """(class, payload, the error code the class is built to provoke; None for a valid message or a mutation)."""
-    body = generate_body(rng, limits, seq, default_size)
+    body = generate_body(rng, limits, seq)
     dumps = json.dumps
     wrong_types = [("seed", "1"), ("steps", True), ("width", 64.0), ("prompt", 5), ("height", None)]
-    bad_widths = [limits.min_side - limits.multiple, limits.max_side + limits.multiple, limits.min_side + 1]
     cases = [
         ("generate", lambda: dumps(body), None),
         ("generate", lambda: dumps(body), None),
@@ -77,9 +85,9 @@ def draw_message(rng: random.Random, limits: Limits, seq: int, stale_seq: int | 
         ("unknown_field", lambda: dumps(with_field(body, rng.choice(["negative_prompt", "cfg", "Seq"]), 1)), "unknown_field"),
         ("missing_field", lambda: dumps(without_field(body, rng.choice(["prompt", "seed", "steps", "width", "height"]))), "missing_field"),
         ("bad_type", lambda: dumps(with_field(body, *rng.choice(wrong_types))), "bad_type"),
-        ("bad_seed", lambda: dumps(with_field(body, "seed", rng.choice([-1, MAX_SEED + 1]))), "out_of_range"),
+        ("bad_seed", lambda: dumps(with_field(body, "seed", rng.choice([-1, limits.max_seed + 1]))), "out_of_range"),
         ("bad_steps", lambda: dumps(with_field(body, "steps", max(limits.steps) + rng.randint(1, 100))), "out_of_range"),
-        ("bad_side", lambda: dumps(with_field(body, "width", rng.choice(bad_widths))), "out_of_range"),
+        ("bad_size", lambda: dumps(dict(body, **dict(zip(("width", "height"), undeclared_size(rng, limits))))), "out_of_range"),
         ("long_prompt", lambda: dumps(with_field(body, "prompt", "x" * (protocol.MAX_PROMPT_CHARS + 1))), "out_of_range"),
         ("lone_surrogate", lambda: dumps(with_field(body, "prompt", "a \ud800 b")), "invalid_text"),
         ("old_version", lambda: dumps({"type": "hello", "version": rng.choice([0, 2, 99])}), "unsupported_version"),
@@ -102,14 +110,19 @@ class Expected:
     seq: int | None = None
 
 
-def expected_answer(payload: str | bytes, limits: Limits, last_accepted: int) -> Expected:
-    """The protocol's verdict on a message, given the highest seq the server accepted from this client so far."""
+def expected_answer(payload: str | bytes, limits: ServingLimits, last_accepted: int) -> Expected:
+    """The server's verdict on a message (its form, then the engine's limits), given the highest seq the server
+    accepted from this client so far."""
     try:
-        message = protocol.parse(payload, limits)
+        message = protocol.parse(payload)
     except ProtocolError as e:
         return Expected("error", e.code, e.seq)
     if isinstance(message, Hello):
         return Expected("status")
+    try:
+        limits.check(GenerationRequest(message.prompt, message.seed, message.steps, message.width, message.height))
+    except InvalidRequest:
+        return Expected("error", "out_of_range", message.seq)
     if message.seq <= last_accepted:
         return Expected("error", "stale_seq", message.seq)
     return Expected("frame", seq=message.seq)

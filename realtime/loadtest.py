@@ -70,7 +70,7 @@ async def run_client(index: int, args, window: dict, start_gate: asyncio.Event) 
                 log.failed = "server_full"
                 return log
             steps = args.steps or status.get("live_steps") or status["variants"][0]
-            size = args.size or status["default_size"]
+            size = args.size or status["sizes"][0][0]  # a square declared size: the first (the native square) by default
             final = asyncio.get_running_loop().create_future()
 
             async def receive():
@@ -218,7 +218,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--rate", type=float, default=5, help="keystrokes per second per client")
     p.add_argument("--steps", type=int, default=None, help="default: the variant the server types with (live_steps)")
-    p.add_argument("--size", type=int, default=None, help="square side; default: the server's default size")
+    p.add_argument("--size", type=int, default=None, help="square side, one the server declares; default: its first size")
     p.add_argument("--drain", type=float, default=120, help="seconds to wait for each client's final frame")
     p.add_argument("--json", default=None, help="write the full result here")
     return p.parse_args(argv)

@@ -1,15 +1,14 @@
 """The /ws wire format (docs/protocol.md): parse client JSON, build server messages and binary frames.
 
-Pure functions only, so every bad input can be tested without a server. Parsing checks the shape of a message
-(types, fields, ranges the protocol itself fixes); whether a model can render a request (loaded step counts,
-size limits) is checked against a `Limits` that the server fills from the engine.
+Pure functions only, so every bad input can be tested without a server. Parsing checks the form of a message
+(types, fields, the ranges the protocol itself fixes: seq, prompt length, message size); whether the model can
+render it (loaded step counts, declared sizes, seeds) is the engine's to say (pipelines.ServingLimits), asked once
+per request by the connection.
 """
 
 import json
 import struct
 from dataclasses import dataclass
-
-from pipelines.conditioning import MAX_SEED
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 4096  # a generate message with a long prompt is well under 1 KiB
@@ -28,14 +27,6 @@ class ProtocolError(ValueError):
         self.code = code
         self.message = message
         self.seq = seq
-
-
-@dataclass(frozen=True)
-class Limits:
-    steps: tuple[int, ...]
-    min_side: int
-    max_side: int
-    multiple: int = 8
 
 
 @dataclass(frozen=True)
@@ -63,7 +54,7 @@ def seq_of(text: str | bytes) -> int | None:
     return msg.get("seq") if isinstance(msg, dict) and _is_int(msg.get("seq")) else None
 
 
-def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
+def parse(text: str | bytes) -> Hello | Generate:
     """One client message -> Hello | Generate, or ProtocolError naming the problem."""
     if isinstance(text, (bytes, bytearray)):
         raise ProtocolError("binary_not_supported", "send JSON text messages; binary messages are only sent by the server")
@@ -97,12 +88,7 @@ def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
             prompt.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ProtocolError("invalid_text", f'"prompt" is not valid Unicode text (a lone surrogate at character {e.start})', seq) from None
-        seed = _int(msg, "seed", seq, 0, MAX_SEED)
-        steps = _int(msg, "steps", seq)
-        if steps not in limits.steps:
-            raise ProtocolError("out_of_range", f'"steps" must be one of the loaded variants {list(limits.steps)}, got {steps}', seq)
-        width = _side(msg, "width", seq, limits)
-        height = _side(msg, "height", seq, limits)
+        seed, steps, width, height = (_int(msg, name, seq) for name in ("seed", "steps", "width", "height"))
         return Generate(seq, prompt, seed, steps, width, height)
     raise ProtocolError("unknown_type", f'unknown message type {kind!r}; expected "hello" or "generate"')
 
@@ -119,13 +105,6 @@ def _int(msg: dict, name: str, seq, low: int | None = None, high: int | None = N
         raise ProtocolError("bad_type", f'"{name}" must be an integer, got {json.dumps(value)[:40]}', seq)
     if (low is not None and value < low) or (high is not None and value > high):
         raise ProtocolError("out_of_range", f'"{name}" must be between {low} and {high}, got {value}', seq)
-    return value
-
-
-def _side(msg: dict, name: str, seq, limits: Limits) -> int:
-    value = _int(msg, name, seq, limits.min_side, limits.max_side)
-    if value % limits.multiple:
-        raise ProtocolError("out_of_range", f'"{name}" must be a multiple of {limits.multiple}, got {value}', seq)
     return value
 
 

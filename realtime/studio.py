@@ -1,4 +1,4 @@
-"""What one running studio holds: the engine, its GPU worker, the encoder pool, limits and metrics.
+"""What one running studio holds: the engines (one per device), their GPU workers, the encoder pool and metrics.
 
 Built once by realtime.cli (or a test) and shared by the /ws handler, /healthz, /metrics and the Gradio UI.
 """
@@ -8,9 +8,9 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import protocol
 from .engine_contract import StudioEngine
 from .metrics import Metrics
-from .protocol import Limits
 from .worker import Worker
 
 
@@ -26,8 +26,8 @@ class StudioConfig:
     encoder_threads: int = 2
     gradio_events: bool = False
     warm: bool = True  # False on ZeroGPU, where the GPU exists only inside @spaces.GPU calls, not on the worker
-    warm_size: int | None = None  # square side to warm; None: the engine's default size
-    warm_batch_sizes: tuple = (1,)  # compiled backends: every batch size the stream will use (1..max_batch)
+    cpu_threads: int | None = None  # torch threads per CPU worker (several CPU workers share the cores)
+    notice: str | None = None  # said on the page after the model's own notice (e.g. why compilation is off)
 
 
 def describe_model(engine) -> str:
@@ -43,25 +43,18 @@ def describe_model(engine) -> str:
 
 
 class Studio:
-    def __init__(self, engine: StudioEngine, config: StudioConfig = StudioConfig()):
-        self.engine, self.config = engine, config
+    """`engines`: one engine, or one per device (same model and flags), each with its own worker thread."""
+
+    def __init__(self, engines: StudioEngine | list[StudioEngine], config: StudioConfig = StudioConfig()):
+        self.engines = list(engines) if isinstance(engines, (list, tuple)) else [engines]
+        self.engine, self.config = self.engines[0], config  # what the page and /healthz describe
         self.metrics = Metrics()
-        self.limits = Limits(tuple(engine.steps), *engine.size_limits)
-        size = config.warm_size or engine.default_size
-        # Warm the stream's decoder and the full VAE (Compare steps uses it), at the size the UI starts with.
-        vaes = tuple(dict.fromkeys([config.preview_vae or engine.default_vae, "full"]))
-        self.worker = Worker(
-            engine,
-            config.max_batch,
-            config.preview_vae,
-            self.metrics,
-            warm_sizes=((size, size),) if config.warm else (),
-            warm_batch_sizes=config.warm_batch_sizes,
-            warm_vaes=vaes,
-        )
+        # Warm the stream's decoder and the full VAE (Compare steps uses it), at every declared size.
+        vaes = tuple(dict.fromkeys([config.preview_vae or self.engine.default_vae, "full"]))
+        self.worker = Worker(self.engines, config.max_batch, config.preview_vae, self.metrics, config.warm, vaes, config.cpu_threads)
         self.encoder_pool = ThreadPoolExecutor(config.encoder_threads, thread_name_prefix="jpeg")
         self.connected = 0  # only touched on the event loop
-        self.notice = describe_model(engine)
+        self.notice = " ".join(filter(None, [describe_model(self.engine), config.notice]))
 
     def start(self) -> "Studio":
         self.worker.start()
@@ -74,15 +67,14 @@ class Studio:
     def info(self) -> dict:
         return {
             "model": self.engine.model_name,
-            "variants": list(self.engine.steps),
             "live_steps": self.engine.live_steps,
             "device": str(self.engine.device),
+            "devices": [str(e.device) for e in self.engines],
             "backend": self.engine.backend,
-            "size_limits": list(self.engine.size_limits),
-            "default_size": self.engine.default_size,
+            **self.engine.limits.as_json(),  # variants, sizes, max_seed: what a generate may ask for
             "notice": self.notice,
             "max_batch": self.config.max_batch,
-            "protocol_version": 1,
+            "protocol_version": protocol.VERSION,
         }
 
     def health(self) -> tuple[int, dict]:

@@ -5,6 +5,9 @@ The live image does not go through Gradio events: each Gradio output travels thr
 fetch, too slow per keystroke. The JS client owns the stream; Gradio only tells it when a control
 changes (js-only events, no server round trip). With --gradio-events (hosts where a custom WebSocket cannot work,
 e.g. ZeroGPU Spaces) the image is a plain gr.Image driven by prompt.input(trigger_mode="always_last") instead.
+
+Where the engine is called from Gradio's handlers (Compare steps, --gradio-events) is decided once, by engine_runner:
+through the GPU workers, or on ZeroGPU inside a spaces.GPU function, the only place a GPU exists there.
 """
 
 import html
@@ -17,24 +20,20 @@ import gradio as gr
 import assets
 from pipelines import GenerationRequest, StudioError
 from pipelines.conditioning import MAX_SEED
+from pipelines.sizes import label
+from pipelines.sizes import parse as parse_sizes
 
 WEB = assets.ROOT / "web"
 _VERSION = str(int(max(p.stat().st_mtime for p in WEB.iterdir())))  # cache-busts the assets when they change
 HEAD = f'<link rel="stylesheet" href="/studio-assets/studio.css?v={_VERSION}"><script src="/studio-assets/studio.js?v={_VERSION}" defer></script>'
-SIDES = (128, 256, 384, 512, 640, 768, 1024, 1536, 2048)
-
-
-def size_choices(engine) -> list[int]:
-    low, high = engine.size_limits
-    return sorted({s for s in SIDES if low <= s <= high} | {engine.default_size})
 
 
 def live_html(studio) -> str:
-    size = studio.engine.default_size
-    config = studio.info() | {"ws_path": "ws", "size": size}
+    width, height = studio.engine.sizes[0]
+    config = studio.info() | {"ws_path": "ws", "size": label((width, height))}
     return (
         f'<div id="studio-root" data-config="{html.escape(json.dumps(config))}" data-seq="-1" data-state="connecting">'
-        f'<div class="studio-stage"><canvas id="live-canvas" width="{size}" height="{size}" data-seq="-1"></canvas>'
+        f'<div class="studio-stage"><canvas id="live-canvas" width="{width}" height="{height}" data-seq="-1"></canvas>'
         f'<div id="studio-hud">connecting…</div></div>'
         f'<div id="studio-message" role="status"></div></div>'
     )
@@ -47,7 +46,8 @@ def _steps_label(steps: int, guidance: float | None = None) -> str:
 def build_blocks(studio) -> gr.Blocks:
     engine = studio.engine
     steps_choices = list(engine.steps)
-    sizes = size_choices(engine)
+    sizes = [label(s) for s in engine.sizes]  # the declared sizes only: anything else would be refused
+    run = engine_runner(studio)
     with gr.Blocks(title="Lightning studio") as demo:
         gr.Markdown(f"## Lightning studio\n{studio.notice}", elem_id="notice")
         with gr.Row():
@@ -76,7 +76,7 @@ def build_blocks(studio) -> gr.Blocks:
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
                     randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
                     steps = gr.Radio(steps_choices, value=engine.live_steps, label="Steps (loaded variants)", elem_id="steps")
-                    size = gr.Radio(sizes, value=engine.default_size, label="Size (px, square)", elem_id="size")
+                    size = gr.Radio(sizes, value=sizes[0], label="Size (width × height, px)", elem_id="size")
             with gr.Column(scale=2):
                 gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
                 compare = gr.Button("Compare steps", elem_id="compare", variant="primary")
@@ -86,9 +86,9 @@ def build_blocks(studio) -> gr.Blocks:
                 latency = gr.Markdown(elem_id="compare-latency")
 
         randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
-        compare.click(lambda p, s, z: compare_steps(studio, p, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
+        compare.click(lambda p, s, z: compare_steps(studio, run, p, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
         if studio.config.gradio_events:
-            render = _gradio_renderer(studio)
+            render = gradio_renderer(studio, run)
             for event in (prompt.input, seed.change, steps.change, size.change):
                 event(render, [prompt, seed, steps, size], [live, hud], trigger_mode="always_last", show_progress="hidden")
         else:  # js-only: hand control changes to the WebSocket client, no server round trip
@@ -98,49 +98,55 @@ def build_blocks(studio) -> gr.Blocks:
     return demo
 
 
-def _requests(prompt, seed, size, steps_list) -> list[GenerationRequest]:
-    seed = int(seed or 0)
-    if not 0 <= seed <= MAX_SEED:
-        raise gr.Error(f"seed must be between 0 and {MAX_SEED}")
-    return [GenerationRequest(prompt or "", seed, int(s), int(size), int(size)) for s in steps_list]
+def engine_runner(studio):
+    """-> run(requests, vae): how Gradio handlers reach an engine. Through the GPU workers (which take turns with the
+    stream); on a ZeroGPU Space, where the GPU is attached only inside a @spaces.GPU function, inside one instead
+    (the engine's lock keeps such calls from overlapping each other and the worker)."""
+    if os.environ.get("SPACES_ZERO_GPU"):
+        import spaces  # available on Spaces only
+
+        return spaces.GPU(lambda requests, vae: studio.engine.generate(requests, vae=vae))
+    return lambda requests, vae: studio.worker.run(requests, vae=vae)
 
 
-def compare_steps(studio, prompt, seed, size):
-    """Render prompt+seed at every loaded step count through the GPU worker; -> (gallery items, latency table).
+def _requests(engine, prompt, seed, size: str, steps_list) -> list[GenerationRequest]:
+    """The page's inputs as requests, each checked once by the engine (the same check /ws requests get)."""
+    try:
+        ((width, height),) = parse_sizes([str(size)])
+        requests = [GenerationRequest(prompt or "", int(seed or 0), int(s), width, height) for s in steps_list]
+        for request in requests:
+            engine.validate(request)
+    except (StudioError, ValueError) as e:  # InvalidRequest, InvalidModel (a malformed size), int() of junk
+        raise gr.Error(str(e)) from None
+    return requests
+
+
+def compare_steps(studio, run, prompt, seed, size):
+    """Render prompt+seed at every loaded step count through `run` (engine_runner); -> (gallery items, latency table).
     The model's reference variant (its slow best, e.g. the base model at 32 steps with CFG) comes first, then the
     others from most to fewest steps."""
     engine = studio.engine
-    requests = _requests(prompt, seed, size, sorted(engine.steps, key=lambda n: (n != engine.reference_steps, -n)))
+    requests = _requests(engine, prompt, seed, size, sorted(engine.steps, key=lambda n: (n != engine.reference_steps, -n)))
     try:
-        results = studio.worker.run(requests, vae="full")
+        results = run(requests, "full")
     except StudioError as e:
         raise gr.Error(str(e)) from None
     items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
-    compared = f"Compared: “{html.escape(prompt or '')}” · seed {int(seed or 0)} · {int(size)}×{int(size)} px\n\n"
+    width, height = requests[0].width, requests[0].height
+    compared = f"Compared: “{html.escape(prompt or '')}” · seed {int(seed or 0)} · {width}×{height} px\n\n"
     rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
     rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |" for r in results]
     return items, compared + "\n".join(rows)
 
 
-def _gradio_renderer(studio):
-    """--gradio-events: one render per event; trigger_mode="always_last" guarantees the final text renders.
-
-    On ZeroGPU Spaces the GPU exists only inside a @spaces.GPU function, so there the engine is called directly
-    (ZeroGPU serialises those calls); everywhere else the call goes through the single GPU worker.
-    """
-
-    def run(requests):
-        return studio.worker.run(requests, vae=studio.config.preview_vae)
-
-    if os.environ.get("SPACES_ZERO_GPU"):
-        import spaces  # available on Spaces only
-
-        run = spaces.GPU(lambda requests: studio.engine.generate(requests, vae=studio.config.preview_vae))
+def gradio_renderer(studio, run):
+    """--gradio-events: one render per event through `run` (engine_runner); trigger_mode="always_last" guarantees the
+    final text renders."""
 
     def render(prompt, seed, steps, size):
         start = time.perf_counter()
         try:
-            (result,) = run(_requests(prompt, seed, size, [steps]))
+            (result,) = run(_requests(studio.engine, prompt, seed, size, [steps]), studio.config.preview_vae)
         except StudioError as e:
             raise gr.Error(str(e)) from None
         stages = " · ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())

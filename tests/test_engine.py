@@ -92,18 +92,26 @@ def test_a_long_prompt_never_reaches_the_log(tiny_engine):
         (dict(prompt=42), "prompt must be a string"),
         (dict(prompt=None), "prompt must be a string"),
         (dict(steps=3), "steps=3 is not loaded; this model offers 1, 2, 4, 8"),
-        (dict(steps="2"), "steps='2' is not loaded"),
-        (dict(width=70), "width must be a multiple of 8"),
-        (dict(height=8), "height must be a multiple of 8 between 64"),
-        (dict(width=4096), "width must be a multiple of 8 between 64 and 1024"),
+        (dict(steps="2"), "steps must be an integer, got '2'"),
+        (dict(width=70), "size 70x64 is not served; this server offers 64x64, 128x96"),
+        (dict(height=8), "size 64x8 is not served"),
+        (dict(width=128), "size 128x64 is not served"),  # a servable side, but not a declared size
         (dict(seed=-1), "seed must be an integer"),
         (dict(seed=2**64), "seed must be an integer"),
         (dict(seed=1.5), "seed must be an integer"),
     ],
 )
-def test_bad_requests_are_refused_clearly(tiny_engine, bad, message):
+def test_bad_requests_are_refused_clearly_by_validate(bad, message):
+    engine = load_engine("tiny", device="cpu", steps=[1, 2, 4, 8], sizes=((64, 64), (128, 96)))
     with pytest.raises(InvalidRequest, match=message.replace("(", r"\(")):
-        tiny_engine.generate([request(**bad)])
+        engine.validate(request(**bad))
+    engine.validate(request(width=128, height=96))  # a declared size passes
+
+
+def test_declared_sizes_are_checked_against_what_the_model_can_render():
+    with pytest.raises(InvalidModel, match="size 1004x64 is not servable: both sides must be multiples of 8 between 64 and 1024"):
+        load_engine("tiny", device="cpu", steps=[1], sizes=((1004, 64),))
+    assert load_engine("tiny", device="cpu", steps=[1]).sizes == ((256, 256),)  # the tiny model's own size by default
 
 
 def test_unknown_decoder_and_unknown_variant_are_refused(tiny_engine):
@@ -128,7 +136,7 @@ def test_tiny_decoder_gives_an_image_of_the_same_size(tiny_engine):
 
 
 def test_warmup_and_memory_report(tiny_engine):
-    seconds = tiny_engine.warmup(sizes=[(SIZE, SIZE)], batch_sizes=(1, 2))
+    seconds = tiny_engine.warmup()
     assert seconds > 0 and tiny_engine.warmup_seconds == seconds
     memory = tiny_engine.memory()
     assert memory["unet_1+2+4+8step"] == sum(p.numel() * 4 for p in tiny_engine.pipe.unet.parameters())

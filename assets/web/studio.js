@@ -19,7 +19,7 @@
     messageBox = document.getElementById("studio-message");
     config = JSON.parse(root.dataset.config);
     state.steps = config.live_steps ?? config.variants[0];
-    state.width = state.height = config.size;
+    setSize(config.size);
     const box = document.querySelector("#prompt textarea");
     if (box && box.value) state.prompt = box.value;
     // Delegated, so it survives Gradio re-rendering the textbox; one event per keystroke.
@@ -118,7 +118,7 @@
       `queue ${h.queue_ms.toFixed(0)} ms${rtt === null ? "" : ` · key→frame ${rtt.toFixed(0)} ms`}${fps}`;
   }
 
-  function inputsKey() { return JSON.stringify([state.prompt, state.seed, state.width]); }
+  function inputsKey() { return JSON.stringify([state.prompt, state.seed, state.width, state.height]); }
 
   // The Compare panel shows what it was asked for; once the prompt, seed or size change it says it is stale.
   function markCompareStale() {
@@ -139,10 +139,15 @@
     box.dispatchEvent(new Event("input", { bubbles: true }));
   }
 
+  function setSize(text) { // "1152x896", one of the server's declared sizes (config.sizes)
+    const [width, height] = String(text).split("x").map(Number);
+    state.width = width; state.height = height;
+  }
+
   function update(changes) {
     if ("seed" in changes) state.seed = Math.max(0, Math.floor(Number(changes.seed) || 0));
     if ("steps" in changes) state.steps = Number(changes.steps);
-    if ("size" in changes) state.width = state.height = Number(changes.size);
+    if ("size" in changes) setSize(changes.size);
     send();
   }
 

@@ -16,8 +16,8 @@ def tiny_studio():
     from realtime.server import create_app
     from realtime.studio import Studio, StudioConfig
 
-    engine = FailingPrompt(load_engine(model="tiny", device="cpu", steps=(1, 2, 4)))
-    config = StudioConfig(max_clients=6, max_batch=4, rate=10, burst=30, warm_size=64)
+    engine = FailingPrompt(load_engine(model="tiny", device="cpu", steps=(1, 2, 4), sizes=((256, 256), (64, 64), (96, 64))))
+    config = StudioConfig(max_clients=6, max_batch=4, rate=10, burst=30)
     studio = Studio(engine, config).start()
     wait_until(lambda: studio.worker.ready, "the tiny model to warm up", limit_s=300)
     with serve(create_app(studio, ui=True)) as address:

@@ -9,6 +9,7 @@ import numpy as np
 import uvicorn
 
 from pipelines import GenerationRequest, GenerationResult, NonFiniteOutput
+from pipelines.requests import ServingLimits
 
 FAIL_PROMPT = "<fail>"  # a prompt the wrapped engines refuse, to exercise one request failing inside a batch
 
@@ -17,19 +18,21 @@ class FakeEngine:
     """The engine contract without a model: flat images whose colour encodes the seed. `gate` holds warm-up."""
 
     model_name, device, backend, notice, description, examples = "fake", "cpu", "eager", None, None, ()
-    steps, live_steps, reference_steps, guidance, size_limits, default_size, default_vae = (1, 2), 1, None, {}, (64, 512), 64, "full"
+    steps, live_steps, reference_steps, guidance, default_vae = (1, 2), 1, None, {}, "full"
+    sizes = ((64, 64), (128, 64))
 
     def __init__(self, gate: threading.Event | None = None):
         self.gate = gate
         self.calls: list[list[GenerationRequest]] = []
+        self.limits = ServingLimits(self.steps, self.sizes)
 
     def validate(self, request):
-        pass
+        self.limits.check(request)
 
     def count_tokens(self, prompt):
         return min(len(prompt.split()) + 2, 77), max(0, len(prompt.split()) + 2 - 77)
 
-    def warmup(self, sizes=None, batch_sizes=(1,), vaes=None):
+    def warmup(self, vaes=None):
         if self.gate is not None:
             self.gate.wait()
         return 0.01

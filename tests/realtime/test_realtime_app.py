@@ -1,6 +1,9 @@
 """The studio's command line (realtime.cli, behind app.py and the console script): flags, the STUDIO_ARGS variable
 hosts use instead, and a clear error for a bad model."""
 
+import sys
+import threading
+
 import pytest
 
 from realtime import cli as app
@@ -53,30 +56,82 @@ def test_the_engine_and_the_tests_fake_both_meet_the_studios_engine_contract():
     assert not isinstance(incomplete, StudioEngine)  # the check does look at the attributes
 
 
-def test_on_zerogpu_renders_run_inside_the_spaces_gpu_function_not_on_the_worker(monkeypatch):
-    """On a ZeroGPU Space the GPU exists only inside a @spaces.GPU function: the --gradio-events renderer must call the
-    engine through it (a stand-in `spaces` module records the calls) and never hand the work to the GPU worker."""
-    import sys
-    import types
+class ZeroGPU:
+    """A stand-in for the `spaces` package on a ZeroGPU Space: a GPU exists only while a @spaces.GPU function runs, so
+    the engine it guards raises when called anywhere else (the worker thread, a plain Gradio handler)."""
 
+    def __init__(self):
+        self.active, self.calls = threading.local(), 0
+
+    def GPU(self, function):
+        def on_gpu(*args, **kwargs):
+            self.calls += 1
+            self.active.on = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.active.on = False
+
+        return on_gpu
+
+    def guard(self, engine):
+        generate = engine.generate
+
+        def generate_on_gpu(requests, vae=None):
+            if not getattr(self.active, "on", False):
+                raise RuntimeError("ZeroGPU: the engine was called outside a @spaces.GPU function, where there is no GPU")
+            return generate(requests, vae=vae)
+
+        engine.generate = generate_on_gpu
+        return engine
+
+
+@pytest.fixture
+def zero_gpu_studio(monkeypatch):
     from realtime_fakes import FakeEngine
 
     from realtime.studio import Studio, StudioConfig
-    from realtime.ui import _gradio_renderer
 
-    gpu_calls = []
-
-    def gpu(function):
-        def wrapped(*args, **kwargs):
-            gpu_calls.append(args)
-            return function(*args, **kwargs)
-
-        return wrapped
-
-    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    spaces = ZeroGPU()
+    monkeypatch.setitem(sys.modules, "spaces", spaces)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    studio = Studio(FakeEngine(), StudioConfig(gradio_events=True, warm=False))
-    studio.worker = types.SimpleNamespace(run=lambda *args, **kwargs: pytest.fail("the render went to the GPU worker"))
-    image, hud = _gradio_renderer(studio)("a red fox", 3, 1, 64)
-    assert len(gpu_calls) == 1 and image.shape == (64, 64, 3) and int(image[0, 0, 0]) == 3  # FakeEngine paints the seed
+    studio = Studio(spaces.guard(FakeEngine()), StudioConfig(gradio_events=True, warm=False)).start()
+    yield studio, spaces
+    studio.stop()
+
+
+def test_on_zerogpu_live_typing_and_compare_call_the_engine_inside_the_spaces_gpu_function(zero_gpu_studio):
+    from realtime.ui import compare_steps, engine_runner, gradio_renderer
+
+    studio, spaces = zero_gpu_studio
+    run = engine_runner(studio)
+    image, hud = gradio_renderer(studio, run)("a red fox", 3, 1, "64x64")
+    assert image.shape == (64, 64, 3) and int(image[0, 0, 0]) == 3  # FakeEngine paints the seed
     assert "rendered: a red fox" in hud and studio.engine.calls[0][0].prompt == "a red fox"
+    items, table = compare_steps(studio, run, "a red fox", 5, "128x64")
+    assert [item[0].shape for item in items] == [(64, 128, 3)] * 2 and "128×64 px" in table
+    assert spaces.calls == 2  # one GPU call per render, one for the whole comparison
+
+
+def test_the_zerogpu_stand_in_fails_an_engine_call_made_outside_the_gpu_function(zero_gpu_studio, monkeypatch):
+    """What the studio did before: Compare went through the worker thread, outside any @spaces.GPU function."""
+    from realtime.ui import compare_steps, engine_runner
+
+    studio, _ = zero_gpu_studio
+    monkeypatch.delenv("SPACES_ZERO_GPU")  # engine_runner then hands the work to the GPU worker
+    with pytest.raises(RuntimeError, match="outside a @spaces.GPU function"):
+        compare_steps(studio, engine_runner(studio), "a red fox", 5, "64x64")
+
+
+def test_on_zerogpu_compiled_backends_are_switched_off_with_a_notice():
+    assert app.backend_for_host("compile", zero_gpu=False) == ("compile", None)
+    backend, notice = app.backend_for_host("compile", zero_gpu=True)
+    assert backend == "eager" and "--backend compile is off on ZeroGPU" in notice
+    assert app.backend_for_host("eager", zero_gpu=True) == ("eager", None)
+
+
+def test_devices_name_one_worker_each():
+    assert app.device_list(None, "cpu", 0) == ["cpu"]
+    assert app.device_list("cuda:0, cuda:1", None, 0) == ["cuda:0", "cuda:1"]
+    assert app.device_list("all", None, 3) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert app.device_list("all", None, 0) == ["cpu"]

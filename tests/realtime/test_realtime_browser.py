@@ -89,6 +89,19 @@ def show(page, prompt: str, steps: int) -> dict:
     return wait_for_last_frame(page)
 
 
+def test_the_size_control_offers_only_the_declared_sizes_and_the_stream_follows_it(page, tiny_studio):
+    _, studio = tiny_studio
+    assert [t.strip() for t in page.locator("#size label").all_inner_texts()] == ["256x256", "64x64", "96x64"]
+    show(page, PROMPT, steps=1)
+    page.locator("#size label", has_text="96x64").click()
+    wait_for_last_frame(page)
+    canvas = page.locator("#live-canvas")
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("96", "64")
+    page.locator("#size label", has_text="256x256").click()  # back to the size the other tests expect
+    wait_for_last_frame(page)
+    assert canvas.get_attribute("width") == "256"
+
+
 def test_snapshot_saves_a_png_with_prompt_seed_steps_and_model(page, tmp_path):
     show(page, PROMPT, steps=2)
     with page.expect_download() as download:
@@ -145,7 +158,7 @@ def gradio_events_address():
     from realtime.server import create_app
     from realtime.studio import Studio, StudioConfig
 
-    studio = Studio(load_engine(model="tiny", device="cpu", steps=(1, 2)), StudioConfig(gradio_events=True, warm_size=64)).start()
+    studio = Studio(load_engine(model="tiny", device="cpu", steps=(1, 2), sizes=((64, 64),)), StudioConfig(gradio_events=True)).start()
     wait_until(lambda: studio.worker.ready, "warm-up", limit_s=300)
     with serve(create_app(studio)) as address:
         yield address

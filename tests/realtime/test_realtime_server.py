@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from pipelines import GenerationRequest
+from realtime import protocol
 from realtime.frames import encode_jpeg
 from realtime.protocol import unpack_frame
 
@@ -66,6 +67,16 @@ def test_healthz_reports_the_warm_model(tiny_studio):
     assert body["model"] == "tiny" and body["variants"] == [1, 2, 4]
     assert body["device"] == "cpu" and body["backend"] == "eager"
     assert body["warm"] is True and body["warmup_seconds"] >= 0
+    assert body["sizes"] == [[256, 256], [64, 64], [96, 64]] and body["protocol_version"] == protocol.VERSION
+
+
+def test_a_size_that_is_not_declared_is_refused_naming_the_offered_sizes(tiny_studio):
+    address, _ = tiny_studio
+    with open_client(address) as ws:
+        ws.send(generate(1, width=128, height=128))
+        error = next_text(ws)
+    assert (error["code"], error["seq"]) == ("out_of_range", 1)
+    assert "128x128 is not served" in error["message"] and "256x256, 64x64, 96x64" in error["message"]
 
 
 def test_typing_streams_frames_in_order_and_the_last_request_is_answered_last(tiny_studio):
@@ -103,7 +114,7 @@ def test_every_client_gets_its_own_last_frame_while_others_type(tiny_studio):
     outcomes, finals = {}, {}
 
     def client(index):
-        shape = dict(steps=1 + index % 2, width=64 + 8 * (index % 2), height=64, seed=index)
+        shape = dict(steps=1 + index % 2, width=64 + 32 * (index % 2), height=64, seed=index)
         finals[index] = (f"client {index} key 8", shape)
         with open_client(address) as ws:
             for seq in range(1, 9):
@@ -151,8 +162,10 @@ def test_a_burst_renders_fewer_frames_than_keystrokes_and_the_last_picture_is_th
         (generate(1, extra_field=1), "unknown_field"),
         (generate(1, seed="seven"), "bad_type"),
         (generate(1, steps=8), "out_of_range"),  # 8 steps is not loaded in this server
+        (generate(1, width=72), "out_of_range"),  # a multiple of 8, but not a declared size
         (generate(1, width=70), "out_of_range"),
         (generate(1, height=100000), "out_of_range"),
+        (generate(1, seed=-1), "out_of_range"),
         ("x" * 5000, "too_large"),
     ],
 )
@@ -254,7 +267,7 @@ def test_a_client_vanishing_mid_generation_harms_nobody(tiny_studio):
     address, studio = tiny_studio
     for seq in range(1, 4):
         with open_client(address) as ws:
-            ws.send(generate(seq, "gone", steps=4, width=128, height=128))
+            ws.send(generate(seq, "gone", steps=4, width=256, height=256))
     wait_until(lambda: studio.worker.queue_depth()["in_flight"] == 0 and studio.connected == 0, "the server to forget them")
     with open_client(address) as ws:
         ws.send(generate(1))

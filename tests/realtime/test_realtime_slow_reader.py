@@ -22,7 +22,7 @@ from realtime.studio import Studio, StudioConfig
 class NoisyEngine(FakeEngine):
     """Random pixels: JPEG cannot shrink them, so a few frames fill the socket buffers of a client that does not read."""
 
-    size_limits, default_size = (64, 1024), 1024
+    sizes = ((1024, 1024),)
 
     def generate(self, requests, vae=None):
         rng = np.random.default_rng(len(self.calls))

@@ -34,7 +34,7 @@ def job(client, seq, prompt="p", steps=1, size=64):
 def test_same_key_requests_run_as_one_batch_and_a_failing_one_only_fails_itself():
     gate = threading.Event()
     engine = FakeEngine(gate)
-    worker = Worker(engine, max_batch=4, warm_sizes=((64, 64),))
+    worker = Worker(engine, max_batch=4, warm=True)
     answers = Answers(worker)
     for client in "abc":
         worker.connect(client, answers)
