@@ -161,3 +161,33 @@ def test_decoders_in_bfloat16_draw_the_fp32_picture_and_leave_the_pipelines_vae_
 def test_an_unknown_decode_dtype_is_refused():
     with pytest.raises(InvalidModel, match="decode_dtype must be one of float16, bfloat16, float32, got 'int8'"):
         load_engine("tiny", device="cpu", steps=[1], decode_dtype="int8")
+
+
+def test_generate_calls_from_two_threads_take_turns_through_the_denoiser():
+    """Denoise switches the shared UNet's LoRA adapters per variant, so two callers (the GPU worker and a Gradio
+    handler on ZeroGPU) must not be inside it at once: the first caller waits there up to 1 s for a second one to
+    arrive, which it only could if the engine let both in."""
+    import threading
+
+    engine = load_engine("tiny", device="cpu", steps=[1, 2], sizes=((SIZE, SIZE),))
+    denoise, inside, most = engine.denoise, [], []
+    second_arrived = threading.Event()
+
+    def watched_denoise(*args, **kwargs):
+        inside.append(1)
+        most.append(len(inside))
+        if len(inside) > 1:
+            second_arrived.set()
+        second_arrived.wait(1.0)
+        try:
+            return denoise(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    engine.denoise = watched_denoise
+    threads = [threading.Thread(target=engine.generate, args=([request(steps=steps)],)) for steps in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == [1, 1]
