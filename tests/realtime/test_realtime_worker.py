@@ -52,6 +52,39 @@ def test_same_key_requests_run_as_one_batch_and_a_failing_one_only_fails_itself(
     assert answers.got["c"][1].request.steps == 2 and answers.got["c"][3] == 1
 
 
+def test_two_engines_share_the_stream_and_each_clients_answers_stay_in_order():
+    """One worker thread per device, one scheduler: both engines render, each holding a batch at the same time (the
+    first to arrive waits for the other), and every client gets its requests answered in seq order, its last one last."""
+    both_busy = threading.Barrier(2, timeout=10)
+
+    class Paired(FakeEngine):
+        def generate(self, requests, vae=None):
+            if not self.calls:  # each engine's first batch meets the other's
+                both_busy.wait()
+            return super().generate(requests, vae)
+
+    engines = [Paired(), Paired()]
+    worker = Worker(engines, max_batch=1)
+    order, lock = {}, threading.Lock()
+
+    def answer(job, result, error, batch_size):
+        with lock:
+            order.setdefault(job.client, []).append(job.seq)
+        worker.finish(job.client, job.seq)
+
+    for client in "abcd":
+        worker.connect(client, answer)
+        worker.submit(job(client, 1))
+    worker.start()
+    for seq in range(2, 41):  # typing: newer requests replace pending ones while both engines render
+        for client in "abcd":
+            worker.submit(job(client, seq))
+    wait_until(lambda: all(order.get(c, [0])[-1] == 40 for c in "abcd"), "every final answer")
+    worker.stop()
+    assert all(order[c] == sorted(set(order[c])) and order[c][-1] == 40 for c in "abcd")
+    assert all(engine.calls for engine in engines)
+
+
 def test_blocking_jobs_run_on_the_worker_between_stream_batches():
     engine = FakeEngine()
     worker = Worker(engine, max_batch=1)
