@@ -124,7 +124,7 @@ class Engine:
             timesteps, sigmas = sampling.trailing_schedule(steps, alphas_bar)
             guidance = variant.guidance_scale if variant.guided else None
             self.schedules[steps] = (variant.prediction_type, timesteps.to(self.device), sigmas, guidance)
-        if backend != "eager":  # every declared shape of a module is one graph of its forward's code object
+        if backend != "eager":  # at most one graph per declared shape and distinct UNet (Dynamo shares them when it can)
             backends.allow_graphs(len(self.sizes) * len(self.batch_buckets) * len({id(u) for u in model.unets.values()}))
         compiled = {}  # LoRA variants share one UNet: compile each distinct module once
         for unet in model.unets.values():
