@@ -99,9 +99,12 @@ class Engine:
         self.steps = tuple(sorted(model.unets))
         self.sizes = tuple(sizes)  # the declared sizes: warmed at start, the only ones a server accepts
         self.limits = ServingLimits(self.steps, self.sizes)
-        # Compiled graphs have static shapes: a partial batch is padded up to the next bucket, so warm-up compiles
-        # two graphs per size instead of one per batch size. Eager runs any batch size as it is.
-        self.batch_buckets = buckets_up_to(max_batch) if backend != "eager" else None
+        # The batch sizes the engine runs, every one warmed at every declared size. Compiled graphs have static
+        # shapes, so there a partial batch is padded up to a bucket, 1 or max_batch: two graphs per size instead of
+        # one per batch size. Eager runs each batch size as it is and warms them all: on the CPU the first batch of a
+        # new shape grows the process's memory (docs/benchmarks.md §2d), which must happen at start, not in service.
+        self.pad_batches = backend != "eager"
+        self.batch_buckets = buckets_up_to(max_batch) if self.pad_batches else tuple(range(1, max_batch + 1))
         # One generate call at a time: denoise switches the shared UNet's LoRA adapters, and a second caller (a
         # Gradio handler beside the worker) must not switch them mid-call.
         self._lock = threading.Lock()
@@ -165,7 +168,7 @@ class Engine:
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.batch_key, []).append(index)
-        largest = self.batch_buckets[-1] if self.batch_buckets else len(requests)
+        largest = self.batch_buckets[-1] if self.pad_batches else len(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
         with self._lock:
             for group in groups.values():
@@ -181,7 +184,7 @@ class Engine:
         timer = Timer(self.device)
         start = time.perf_counter()
         served = len(batch)
-        if self.batch_buckets:  # pad with copies of the last request; their images are dropped below
+        if self.pad_batches:  # pad with copies of the last request; their images are dropped below
             batch = batch + batch[-1:] * (bucket_for(served, self.batch_buckets) - served)
         with timer.stage("text"):
             embeds, pooled = self._prompt_embeddings([r.prompt for r in batch])
@@ -259,7 +262,7 @@ class Engine:
         start = time.perf_counter()
         for steps in self.steps:
             for width, height in self.sizes:
-                for batch_size in self.batch_buckets or (1,):
+                for batch_size in self.batch_buckets:
                     for vae in vaes or [self.default_vae]:
                         requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
                         self.generate(requests, vae=vae)

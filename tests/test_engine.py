@@ -114,6 +114,15 @@ def test_declared_sizes_are_checked_against_what_the_model_can_render():
     assert load_engine("tiny", device="cpu", steps=[1]).sizes == ((256, 256),)  # the tiny model's own size by default
 
 
+def test_eager_warms_every_batch_size_and_compiled_backends_pad_to_two_buckets():
+    """Every batch size the engine will run is warmed: eager runs (and warms) 1..max_batch as they are, compile pads a
+    partial batch to 1 or max_batch (tests/realtime/test_compiled_serving.py counts its graphs)."""
+    eager = load_engine("tiny", device="cpu", steps=[1], max_batch=4)
+    assert eager.batch_buckets == (1, 2, 3, 4) and not eager.pad_batches
+    compiled = load_engine("tiny", device="cpu", steps=[1], max_batch=4, backend="compile", compiler="aot_eager", compile_cache=False)
+    assert compiled.batch_buckets == (1, 4) and compiled.pad_batches
+
+
 def test_unknown_decoder_and_unknown_variant_are_refused(tiny_engine):
     with pytest.raises(InvalidRequest, match="vae='huge' is not loaded"):
         tiny_engine.generate([request()], vae="huge")
