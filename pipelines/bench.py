@@ -126,9 +126,10 @@ def run_benchmark(model, device, size, steps_list, batches, backends, vaes, repe
     _free(device)
 
     for backend in backends:
-        engine = load_engine(model, backend=backend, decode_dtype=decode_dtype, **load)
-        log(f"[{backend}] warming up {len(steps_list)} variants x {len(batches)} batch sizes x {len(vaes)} decoders at {size}px ...")
-        report["warmup_s"][backend] = engine.warmup([(size, size)], batches, vaes)
+        # A compiled engine pads a batch up to 1 or max_batch: the batches between are measured at the larger bucket.
+        engine = load_engine(model, backend=backend, decode_dtype=decode_dtype, sizes=((size, size),), max_batch=max(batches), **load)
+        log(f"[{backend}] warming up {len(steps_list)} variants x batch sizes {engine.batch_buckets} x {len(vaes)} decoders at {size}px ...")
+        report["warmup_s"][backend] = engine.warmup(vaes)
         report["compile_cache_loaded"][backend] = engine.compile_cache_loaded
         for steps in steps_list:
             for batch in batches:

@@ -84,6 +84,7 @@ def generate(args) -> None:
     from .requests import GenerationRequest
     from .startup import load_engine
 
+    asked = (args.width or args.size, args.height or args.size)
     engine = load_engine(
         args.model,
         device=args.device,
@@ -92,11 +93,13 @@ def generate(args) -> None:
         base=args.base,
         preview_vae="tiny" if args.vae == "tiny" else None,
         decode_dtype=args.decode_dtype,
+        sizes=(asked,) if all(asked) else None,  # the size asked for is the one declared (and checked against the model)
     )
     if engine.notice:
         print(engine.notice, file=sys.stderr)
-    size = args.size or engine.default_size
-    request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.steps[0], width=args.width or size, height=args.height or size)
+    size = engine.default_size
+    request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.steps[0], width=asked[0] or size, height=asked[1] or size)
+    engine.validate(request)
     result = engine.generate([request], vae=args.vae)[0]
     if result.dropped_tokens:
         print(f"note: the prompt is longer than the {TOKEN_WINDOW}-token window; {result.dropped_tokens} tokens were cut off", file=sys.stderr)

@@ -26,7 +26,7 @@ def test_generate_reports_truncation(tmp_path, capsys):
     "argv, message",
     [
         (["--steps", "3"], "not [3]"),
-        (["--size", "100"], "width must be a multiple of 8"),
+        (["--size", "100"], "size 100x100 is not servable: both sides must be multiples of 8"),
         (["--seed", "-4"], "seed must be an integer"),
         (["--model", "no/such/folder"], "unknown model 'no/such/folder'"),
     ],
