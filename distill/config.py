@@ -136,14 +136,14 @@ def load_config(path) -> Config:
 def parse_config(raw: dict, path: str = "") -> Config:
     raw = dict(raw)
     stages_raw = raw.pop("stages", None)
-    _no_unknown(raw, {"model", "data", "train"}, "")
+    no_unknown(raw, {"model", "data", "train"}, "")
     if not stages_raw:
         raise ConfigError("stages: the plan needs at least one [[stages]] table")
     stages = tuple(_stage(s, f"stages[{i}]") for i, s in enumerate(stages_raw))
     config = Config(
-        _section(ModelConfig, raw.get("model", {}), "model"),
-        _section(DataConfig, raw.get("data", {}), "data"),
-        _section(TrainConfig, raw.get("train", {}), "train"),
+        section(ModelConfig, raw.get("model", {}), "model"),
+        section(DataConfig, raw.get("data", {}), "data"),
+        section(TrainConfig, raw.get("train", {}), "train"),
         stages,
         path,
     )
@@ -151,7 +151,8 @@ def parse_config(raw: dict, path: str = "") -> Config:
     return config
 
 
-def _no_unknown(table: dict, known, where: str):
+def no_unknown(table: dict, known, where: str):
+    """ConfigError naming the first key of `table` that is not in `known` (or `where` itself if it is no table)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
     unknown = sorted(set(table) - set(known))
@@ -160,10 +161,10 @@ def _no_unknown(table: dict, known, where: str):
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
 
 
-def _section(cls, table: dict, where: str):
+def section(cls, table: dict, where: str):
     """Build a dataclass from a table, checking key names and value types against the field defaults."""
     known = {f.name: f for f in fields(cls)}
-    _no_unknown(table, known, where)
+    no_unknown(table, known, where)
     for name, f in known.items():
         if f.default is MISSING and f.default_factory is MISSING and name not in table:
             raise ConfigError(f"{where}.{name}: required key is missing")
@@ -194,8 +195,8 @@ def _stage(table: dict, where: str) -> StageConfig:
     phases_raw = table.pop("phases", None)
     if not phases_raw:
         raise ConfigError(f"{where}.phases: a stage needs at least one [[stages.phases]] table")
-    phases = tuple(_section(PhaseConfig, p, f"{where}.phases[{i}]") for i, p in enumerate(phases_raw))
-    stage = _section(_StageFields, table, where)
+    phases = tuple(section(PhaseConfig, p, f"{where}.phases[{i}]") for i, p in enumerate(phases_raw))
+    stage = section(_StageFields, table, where)
     return StageConfig(stage.name, stage.teacher_steps, stage.student_steps, phases, stage.prediction_type, stage.pure_noise)
 
 
@@ -212,57 +213,58 @@ def _power_of_two(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
 
 
-def _check(ok: bool, key: str, reason: str):
+def check(ok: bool, key: str, reason: str):
+    """ConfigError "key: reason" unless ok: how every TOML reader of distill refuses a value."""
     if not ok:
         raise ConfigError(f"{key}: {reason}")
 
 
 def validate(c: Config):
     d, t = c.data, c.train
-    _check(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
-    _check(d.on_bad in ("skip", "stop"), "data.on_bad", f"must be 'skip' or 'stop', got {d.on_bad!r}")
-    _check(d.resolution >= 8 and d.resolution % 8 == 0, "data.resolution", "must be a positive multiple of 8 (the VAE downscale)")
-    _check(d.source == "prompts" or bool(d.path), "data.path", f"source {d.source!r} needs a path")
-    _check(d.source != "prompts" or bool(d.prompts or d.prompts_file), "data.prompts", "prompts mode needs prompts or prompts_file")
-    _check(d.generate_steps >= 1, "data.generate_steps", "must be >= 1")
-    _check(d.samples_per_prompt >= 1, "data.samples_per_prompt", "must be >= 1")
-    _check(d.shard_size >= 1, "data.shard_size", "must be >= 1")
+    check(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
+    check(d.on_bad in ("skip", "stop"), "data.on_bad", f"must be 'skip' or 'stop', got {d.on_bad!r}")
+    check(d.resolution >= 8 and d.resolution % 8 == 0, "data.resolution", "must be a positive multiple of 8 (the VAE downscale)")
+    check(d.source == "prompts" or bool(d.path), "data.path", f"source {d.source!r} needs a path")
+    check(d.source != "prompts" or bool(d.prompts or d.prompts_file), "data.prompts", "prompts mode needs prompts or prompts_file")
+    check(d.generate_steps >= 1, "data.generate_steps", "must be >= 1")
+    check(d.samples_per_prompt >= 1, "data.samples_per_prompt", "must be >= 1")
+    check(d.shard_size >= 1, "data.shard_size", "must be >= 1")
     # fp16 would need the student's gradient through D to pass accelerate's loss scaler, which the G step bypasses
     # (it backpropagates D's input gradient by hand); bf16 needs no scaler and is what the paper trains in.
-    _check(
+    check(
         t.mixed_precision in MIXED_PRECISION,
         "train.mixed_precision",
         f"must be one of {MIXED_PRECISION} (fp16 is refused: its loss scaling does not cover the adversarial G step; use bf16)",
     )
     for key in ("batch_size", "gradient_accumulation_steps", "lora_rank", "checkpoint_every", "keep_checkpoints", "log_every"):
-        _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
-    _check(t.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
-    _check(t.gan_updates in GAN_UPDATES, "train.gan_updates", f"must be one of {GAN_UPDATES}, got {t.gan_updates!r}")
+        check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
+    check(t.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
+    check(t.gan_updates in GAN_UPDATES, "train.gan_updates", f"must be one of {GAN_UPDATES}, got {t.gan_updates!r}")
 
     names = [s.name for s in c.stages]
     for i, s in enumerate(c.stages):
         where = f"stages[{i}]"
-        _check(
+        check(
             s.name not in names[:i] and s.name.replace("-", "").replace("_", "").isalnum(),
             f"{where}.name",
             f"{s.name!r} must be unique and made of letters, digits, - and _ (it names folders)",
         )
-        _check(_power_of_two(s.student_steps), f"{where}.student_steps", f"{s.student_steps} is not a power of two (trailing grids must nest)")
-        _check(s.student_steps < s.teacher_steps, f"{where}.student_steps", f"{s.student_steps} must be fewer than teacher_steps {s.teacher_steps}")
+        check(_power_of_two(s.student_steps), f"{where}.student_steps", f"{s.student_steps} is not a power of two (trailing grids must nest)")
+        check(s.student_steps < s.teacher_steps, f"{where}.student_steps", f"{s.student_steps} must be fewer than teacher_steps {s.teacher_steps}")
         ratio = s.teacher_steps / s.student_steps
-        _check(
+        check(
             ratio == int(ratio) and _power_of_two(int(ratio)),
             f"{where}.teacher_steps",
             f"{s.teacher_steps} does not halve into student_steps {s.student_steps} (the ratio must be a power of two)",
         )
         if i > 0:
             previous = c.stages[i - 1]
-            _check(
+            check(
                 s.teacher_steps == previous.student_steps,
                 f"{where}.teacher_steps",
                 f"{s.teacher_steps} must equal the previous stage's student_steps {previous.student_steps} (progressive chain)",
             )
-        _check(s.prediction_type in ("epsilon", "sample"), f"{where}.prediction_type", "must be 'epsilon' or 'sample'")
+        check(s.prediction_type in ("epsilon", "sample"), f"{where}.prediction_type", "must be 'epsilon' or 'sample'")
         _validate_phases(s, i, where)
 
 
@@ -270,32 +272,32 @@ def _validate_phases(s: StageConfig, index: int, where: str):
     seen_full = False
     for j, p in enumerate(s.phases):
         key = f"{where}.phases[{j}]"
-        _check(p.objective in OBJECTIVES, f"{key}.objective", f"must be one of {OBJECTIVES}, got {p.objective!r}")
-        _check(p.params in PARAMS, f"{key}.params", f"must be 'lora' or 'full', got {p.params!r}")
-        _check(p.teacher in TEACHERS, f"{key}.teacher", f"must be one of {TEACHERS}, got {p.teacher!r}")
-        _check(p.steps >= 1, f"{key}.steps", "must be >= 1")
-        _check(p.lr > 0 and math.isfinite(p.lr), f"{key}.lr", "must be a positive number")
-        _check(p.d_lr is None or p.d_lr > 0, f"{key}.d_lr", "must be a positive number")
-        _check(len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas), f"{key}.betas", "must be two numbers in [0, 1)")
-        _check(p.guidance_scale >= 1, f"{key}.guidance_scale", "must be >= 1 (1 = no CFG)")
-        _check(p.teacher == "previous" or index > 0, f"{key}.teacher", "'skip' needs a stage two levels up; the first stage's only teacher is the base model")
-        _check(not p.renoise_weights or p.adversarial, f"{key}.renoise_weights", "only adversarial phases re-noise D's inputs")
-        _check(
+        check(p.objective in OBJECTIVES, f"{key}.objective", f"must be one of {OBJECTIVES}, got {p.objective!r}")
+        check(p.params in PARAMS, f"{key}.params", f"must be 'lora' or 'full', got {p.params!r}")
+        check(p.teacher in TEACHERS, f"{key}.teacher", f"must be one of {TEACHERS}, got {p.teacher!r}")
+        check(p.steps >= 1, f"{key}.steps", "must be >= 1")
+        check(p.lr > 0 and math.isfinite(p.lr), f"{key}.lr", "must be a positive number")
+        check(p.d_lr is None or p.d_lr > 0, f"{key}.d_lr", "must be a positive number")
+        check(len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas), f"{key}.betas", "must be two numbers in [0, 1)")
+        check(p.guidance_scale >= 1, f"{key}.guidance_scale", "must be >= 1 (1 = no CFG)")
+        check(p.teacher == "previous" or index > 0, f"{key}.teacher", "'skip' needs a stage two levels up; the first stage's only teacher is the base model")
+        check(not p.renoise_weights or p.adversarial, f"{key}.renoise_weights", "only adversarial phases re-noise D's inputs")
+        check(
             not p.renoise_weights or (len(p.renoise_weights) == 4 and min(p.renoise_weights) >= 0 and sum(p.renoise_weights) > 0),
             f"{key}.renoise_weights",
             "must be four non-negative weights for t* = 10, 250, 500, 750, not all zero",
         )
         if p.params == "full":
             seen_full = True
-        _check(
+        check(
             not (p.params == "lora" and seen_full),
             f"{key}.params",
             "a LoRA phase cannot follow a full-UNet phase in the same stage (LoRA is merged before the full phases)",
         )
         if s.prediction_type == "sample":
-            _check((j == 0) == (p.objective == "x0_convert"), f"{key}.objective", "an x0 ('sample') student starts with exactly one x0_convert phase")
+            check((j == 0) == (p.objective == "x0_convert"), f"{key}.objective", "an x0 ('sample') student starts with exactly one x0_convert phase")
         else:
-            _check(p.objective != "x0_convert", f"{key}.objective", "x0_convert needs the stage's prediction_type = 'sample'")
+            check(p.objective != "x0_convert", f"{key}.objective", "x0_convert needs the stage's prediction_type = 'sample'")
 
 
 def describe(c: Config) -> str:

@@ -19,15 +19,11 @@ from .data import LatentCache
 from .discriminator import renoise_timesteps
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating, grads_finite, mse_loss
 from .schedule import add_noise, alpha_sigma, student_jump, training_timesteps
+from .seeding import stable_seed
 from .sharding import whole
 from .solver import teacher_solve
 from .student import student_step
 from .x0_conversion import implied_x0
-
-
-def step_seed(*parts: int) -> int:
-    """One 63-bit seed per (seed, stage, phase, step, global micro-batch): resumable, and distinct across ranks."""
-    return hash(tuple(parts)) & ((1 << 63) - 1)
 
 
 def line_x0(x_t, t, x_next, t_next, alphas_bar):
@@ -157,7 +153,7 @@ def optimization_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimi
     kept, finite, record = [], True, {}
     for micro in range(tc.gradient_accumulation_steps):
         # Global micro-batch index: N processes x 1 micro-batch draw what 1 process x N micro-batches draws.
-        generator = torch.Generator().manual_seed(step_seed(*seeds, micro * accelerator.num_processes + accelerator.process_index))
+        generator = torch.Generator().manual_seed(stable_seed(*seeds, micro * accelerator.num_processes + accelerator.process_index))
         x_t, t, t_next, cond = draw(generator)
         with accelerator.accumulate(m.student):
             loss_g, x_real, x_fake = generator_step(accelerator, stage, phase, m, x_t, t, t_next, cond, alphas_bar, generator)

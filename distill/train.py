@@ -29,6 +29,7 @@ from .config import Config, ConfigError, teacher_of
 from .data import LatentCache, precompute
 from .discriminator import Discriminator
 from .lora import teacher_context
+from .seeding import stable_seed
 from .sharding import load_optimizer, load_trainable, meta_copy, save_checkpoint, unshard
 from .stages import (
     cast_to,
@@ -44,7 +45,7 @@ from .stages import (
     shape_student,
     stage_dir,
 )
-from .steps import Optimizers, PhaseModels, draw_batch, optimization_step, step_seed
+from .steps import Optimizers, PhaseModels, draw_batch, optimization_step
 from .validation import decode, sample_latents, save_validation, validation_inputs
 
 log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
@@ -121,7 +122,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
         for j, phase in enumerate(stage.phases):
             label = f"{stage.name}/{j}_{phase.objective}_{phase.params}"
             # Structure first (the same whether this phase trains or is being skipped over on resume).
-            student = shape_student(student, stage, j, tc.lora_rank, weight_dtype, step_seed(tc.seed, i, j, -1))
+            student = shape_student(student, stage, j, tc.lora_rank, weight_dtype, stable_seed(tc.seed, i, j, -1))
 
             resume_here = resumed is not None and (i, j) == resumed.position
             if resumed is not None and (i, j) < resumed.position:
@@ -139,7 +140,7 @@ def train(config: Config, resume: bool = False, stop_after: int | None = None) -
 
             if phase.adversarial and (disc is None or stage.phases[j - 1].objective != phase.objective):
                 with torch.random.fork_rng(devices=[]):  # a fresh D (new head) whenever the objective changes
-                    torch.manual_seed(step_seed(tc.seed, i, j, -2))
+                    torch.manual_seed(stable_seed(tc.seed, i, j, -2))
                     disc = (
                         Discriminator.from_unet(
                             load_unet(config, source, components),
