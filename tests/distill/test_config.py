@@ -86,6 +86,11 @@ BAD = [
     (("train", "mixed_precision"), "fp16", "fp16 is refused: its loss scaling does not cover the adversarial G step"),
     (("train", "batch_size"), True, "train.batch_size: expected int"),
     (("train", "gan_updates"), "both", "train.gan_updates: must be one of ('alternating', 'simultaneous'), got 'both'"),
+    (("train", "d_warmup_steps"), -1, "train.d_warmup_steps: must be >= 0"),
+    (("train", "probe_batches"), 0, "train.probe_batches: must be >= 1"),
+    (("stages", 4, "terminal_share"), 1.5, "stages[4].terminal_share: must be in [0, 1]"),
+    (("stages", 0, "phases", 0, "anchor_weight"), 1.0, "stages[0].phases[0].anchor_weight: must be >= 0, and only on adversarial phases"),
+    (("stages", 3, "phases", 0, "anchor_weight"), -1.0, "stages[3].phases[0].anchor_weight: must be >= 0"),
 ]
 
 
@@ -150,3 +155,13 @@ def test_gan_updates_decide_adversarial_stages_only():
     assert [s.phases[0].objective for s in a.stages[:2]] == ["mse", "conditional"]
     assert lineage(a, 0) == lineage(b, 0)
     assert lineage(a, 1) != lineage(b, 1)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("*.toml") if p.name != "shapes_pretrain.toml"))
+def test_no_shipped_plan_lets_g_outrun_its_discriminator(path):
+    """G's lr above D's drowns D (on the shapes 2-step stage: D at 2 ln 2 and chance for the whole phase)."""
+    config = load_config(CONFIGS / path)
+    for stage in config.stages:
+        for phase in stage.phases:
+            if phase.adversarial:
+                assert phase.lr <= (phase.d_lr or phase.lr), (stage.name, phase)
