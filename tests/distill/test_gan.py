@@ -204,3 +204,19 @@ def test_d_steps_on_the_fake_of_the_updated_student_when_updates_alternate(tmp_p
     expected, other = ("after", "before") if mode == "alternating" else ("before", "after")
     assert torch.allclose(x_fake, jumps[expected], atol=1e-5)
     assert (x_fake - jumps[other]).abs().max() > 1e-3
+
+
+def test_the_anchor_adds_its_weighted_mse_to_the_teachers_target_to_the_g_loss():
+    """The same G step with anchor 0 and 0.5: the loss grows by 0.5 x MSE(student's jump, teacher's target), and the
+    gradient pulls the student's jump toward the target (it changes the student's gradient)."""
+    accelerator, stage, phase_config, m, x_t, cond = gan_setup(student_noise=0.02)
+    losses, grads = [], []
+    for anchor in (0.0, 0.5):
+        m.student.zero_grad()
+        loss_g, x_real, x_fake = distill_steps.generator_step(
+            accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, torch.Generator().manual_seed(2), anchor
+        )
+        losses.append(float(loss_g))
+        grads.append(m.student.conv_in.weight.grad.clone())
+    torch.testing.assert_close(losses[1] - losses[0], 0.5 * float((x_fake - x_real).square().mean()), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(grads[0], grads[1])
