@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -25,10 +27,14 @@ def test_generate_reports_truncation(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "3"], "not [3]"),
-        (["--size", "100"], "width must be a multiple of 8"),
+        (["--steps", "3"], "--steps 3: the tiny model offers 8, 4, 2, 1 (live)"),
+        (["--size", "100"], "--size 100: the tiny model draws sides that are multiples of 8 from 64 to 1024 px"),
+        (["--width", "2048"], "--width 2048: the tiny model"),
         (["--seed", "-4"], "seed must be an integer"),
         (["--model", "no/such/folder"], "unknown model 'no/such/folder'"),
+        (["--out", "picture.gif"], "--out picture.gif: name a .png, .jpg or .webp file, or an existing folder"),
+        (["--out", "no/such/folder/"], "--out no/such/folder/: no such folder"),
+        (["--out", "x" * 100 + ".gif"], "--out " + "x" * 63 + "…: name"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, argv, message):
@@ -36,6 +42,32 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, argv, mes
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_mistakes_are_answered_before_torch_is_imported(tmp_path):
+    """Arguments, model names, step counts, sizes and --out are checked from the manifest alone: no model loads."""
+    script = (
+        "import sys; from pipelines.cli import main\n"
+        "for argv in (['--model', 'nosuch'], ['--model', 'shapes', '--steps', '3'], ['--model', 'shapes', '--size', '100'], ['--out', 'x.gif']):\n"
+        "    assert main(['generate', 'x', *argv]) == 2\n"
+        "print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_here_first())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    assert done.stderr.count("\n") == 4 and "Traceback" not in done.stderr  # one line each
+
+
+def _here_first() -> dict:
+    """The environment for a subprocess run elsewhere that must import this checkout's packages."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_without_steps_the_model_draws_with_its_live_variant_into_a_folder(tmp_path, capsys):
+    assert main(["generate", "a red circle on the left on a white background", "--model", "shapes", "--out", str(tmp_path)]) == 0
+    image = Image.open(tmp_path / "out.png")
+    assert image.text["steps"] == "2" and image.text["model"] == "shapes"  # the manifest's live_steps, not the fewest (1)
+    assert "2 step(s) (live)" in capsys.readouterr().out
 
 
 def test_offline_lightning_is_a_message_not_a_stack_trace(tmp_path):
