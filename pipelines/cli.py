@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from . import variants
-from .errors import InvalidModel, InvalidRequest, StudioError
+from .errors import InvalidModel, InvalidRequest, StudioError, capped
 
 # Only light imports above (no torch, no diffusers): --help and a mistake in the arguments answer at once.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -99,9 +99,9 @@ def output_file(value: str) -> Path:
     if path.is_dir():
         return path / DEFAULT_OUT
     if value.endswith(("/", "\\")):
-        raise InvalidRequest(f"--out {_shown(value)}: no such folder")
+        raise InvalidRequest(f"--out {capped(value)}: no such folder")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InvalidRequest(f"--out {_shown(value)}: name a .png, .jpg or .webp file, or an existing folder")
+        raise InvalidRequest(f"--out {capped(value)}: name a .png, .jpg or .webp file, or an existing folder")
     return path
 
 
@@ -113,10 +113,6 @@ def check_sizes(args, spec: variants.ModelSpec) -> None:
         if value is not None and (value % 8 or not low <= value <= high):
             raise InvalidRequest(f"--{flag} {value}: the {spec.name} model draws sides that are multiples of 8 from {low} to {high} px")
 
-
-def _shown(value: str, limit: int = 64) -> str:
-    """A value echoed in an error, cut to `limit` characters (a pasted paragraph must not fill the terminal)."""
-    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def generate(args) -> None:
