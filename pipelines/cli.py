@@ -114,7 +114,6 @@ def check_sizes(args, spec: variants.ModelSpec) -> None:
             raise InvalidRequest(f"--{flag} {value}: the {spec.name} model draws sides that are multiples of 8 from {low} to {high} px")
 
 
-
 def generate(args) -> None:
     out = output_file(args.out)
     if args.model is not None:  # known without torch: the name or the folder's manifest; the default model needs torch to pick

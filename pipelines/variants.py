@@ -141,7 +141,7 @@ class ModelSpec:
         offered = {v.steps for v in self.variants}
         missing = sorted(set(steps) - offered)
         if missing:
-            raise InvalidModel(f"model {self.name!r} offers {sorted(offered)} steps, not {missing}")
+            raise InvalidModel(f"model {self.name!r} offers {self.describe_steps()} steps, not {', '.join(map(str, missing))}")
         return replace(self, variants=tuple(v for v in self.variants if v.steps in steps))
 
 

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 import assets
 
 from . import connection
+from .hosts import HostGuard
 
 WEB_ASSETS = assets.ROOT / "web"
 
@@ -46,4 +47,5 @@ def create_app(studio, ui: bool = True) -> FastAPI:
         from .ui import HEAD, build_blocks
 
         app = gr.mount_gradio_app(app, build_blocks(studio), path="/", ssr_mode=False, head=HEAD)
+    app.add_middleware(HostGuard, policy=studio.hosts)  # outermost: a foreign Host reaches no route, the page's nor /ws
     return app

@@ -21,7 +21,7 @@ from realtime.studio import Studio, StudioConfig
 
 engine = load_engine("shapes", device="cpu", steps=[8])
 (result,) = engine.generate([GenerationRequest("a red circle on the left", seed=0, steps=8, width=128, height=128)])
-client = TestClient(create_app(Studio(engine, StudioConfig(warm=False))))
+client = TestClient(create_app(Studio(engine, StudioConfig(warm=False))), base_url="http://localhost")  # a Host the studio serves
 page, script = client.get("/"), client.get("/studio-assets/studio.js")
 print(json.dumps({"assets": str(assets.ROOT), "pipelines": pipelines.__file__, "image": list(result.image.shape),
                   "page": page.status_code, "root": "studio-root" in page.text, "script": script.status_code,
