@@ -135,3 +135,15 @@ def test_token_bucket_allows_bursts_then_the_rate():
     assert bucket.wait_s() == pytest.approx(0.1)
     assert bucket.take(0.1) and not bucket.take(0.1)
     assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # never more than the burst
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("seed", int("9" * 3900)), ("steps", int("7" * 3900)), ("seed", "x" * 3000), ("type", "y" * 3000), ("z" * 3000, 1)],
+    ids=["huge seed", "huge steps", "long string seed", "long type", "long field name"],
+)
+def test_an_echoed_bad_value_is_cut_short(field, value):
+    message = {"type": "generate", "seq": 1, "prompt": "a fox", "seed": 0, "steps": 1, "width": 64, "height": 64} | {field: value}
+    with pytest.raises(ProtocolError) as refused:
+        parse(json.dumps(message), LIMITS)
+    assert "…" in refused.value.message and len(refused.value.message) < 200
