@@ -26,7 +26,7 @@ def test_lightning_loras_exist_for_two_four_eight_steps_on_any_base():
 
 
 def test_restricting_to_missing_steps_is_refused():
-    with pytest.raises(InvalidModel, match=r"offers \[2, 4, 8\] steps, not \[1\]"):
+    with pytest.raises(InvalidModel, match=r"offers 8, 4, 2 \(live\) steps, not 1"):
         variants.resolve("lightning-lora").restricted_to((1,))
 
 
