@@ -160,7 +160,13 @@ def read_toml(path) -> dict:
 
 
 def load_config(path) -> Config:
-    return parse_config(read_toml(path), str(config_path(path)))
+    return parse_config(read_toml(path), config_name(config_path(path)))
+
+
+def config_name(path: Path) -> str:
+    """How a plan is recorded (Config.path: in `plan`'s output and an export's manifest): a packaged plan by its place
+    in the repository, distill/configs/<name>.toml, the same wherever the package is installed; another as given."""
+    return f"distill/configs/{path.name}" if path.parent.resolve() == CONFIG_FOLDER.resolve() else str(path)
 
 
 def parse_config(raw: dict, path: str = "") -> Config:

@@ -76,7 +76,7 @@ def test_a_fresh_virtualenv_runs_the_studio_from_its_console_script_and_finds_di
 
     plan = subprocess.run([str(python), "-m", "distill", "plan", "--config", "tiny"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=LIMIT_S)
     assert plan.returncode == 0, plan.stderr[-3000:]
-    assert f"config {venv}" in plan.stdout and "stage 0 32step" in plan.stdout  # the venv's packaged plan, not the checkout's
+    assert "config distill/configs/tiny.toml" in plan.stdout and "stage 0 32step" in plan.stdout
 
     port = free_port()
     log = elsewhere / "studio.log"
@@ -97,8 +97,15 @@ def test_a_fresh_virtualenv_runs_the_studio_from_its_console_script_and_finds_di
     finally:
         studio.terminate()
         studio.wait(LIMIT_S)
-    where = subprocess.run([str(python), "-c", "import realtime; print(realtime.__file__)"], cwd=elsewhere, env=env, capture_output=True, text=True)
-    assert where.stdout.startswith(str(venv))  # what ran was the wheel in the venv
+    where = subprocess.run(
+        [str(python), "-c", "import distill.config, realtime; print(distill.config.CONFIG_FOLDER, realtime.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    paths = where.stdout.split()
+    assert len(paths) == 2 and all(path.startswith(str(venv)) for path in paths)  # what ran was the wheel in the venv
 
 
 def free_port() -> int:

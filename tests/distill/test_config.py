@@ -136,7 +136,7 @@ def test_packaged_plans_are_named_from_any_directory_and_listed(tmp_path, monkey
     for name in ("tiny", "tiny.toml", "distill/configs/tiny.toml"):
         cli.main(["plan", "--config", name])
         out = capsys.readouterr().out
-        assert f"config {CONFIGS / 'tiny.toml'}" in out
+        assert "config distill/configs/tiny.toml" in out
         assert "batch 2 x accumulation 1, fp32, LoRA rank 4" in out  # accelerate's "no" printed as the precision it means
     cli.main(["plan", "--list"])
     listed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
