@@ -71,20 +71,11 @@ def test_long_prompt_is_truncated_and_says_how_much(tiny_engine):
     assert tiny_engine.count_tokens("a cat") == (4, 0)
 
 
-def test_a_long_prompt_never_reaches_the_log(tiny_engine):
+def test_a_long_prompt_never_reaches_the_log(tiny_engine, log_records):
     """diffusers logs the truncated part of an over-long prompt (user text) from its SDXL pipeline module's logger;
     nothing of the prompt may reach that logger's handlers."""
-    import logging
-
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl")
-    logger.addHandler(handler)
-    try:
-        tiny_engine.generate([request("my private words " * 40)])
-    finally:
-        logger.removeHandler(handler)
+    records = log_records("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl")
+    tiny_engine.generate([request("my private words " * 40)])
     assert not [r for r in records if "private" in r.getMessage()]
 
 

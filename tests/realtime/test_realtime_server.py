@@ -192,21 +192,14 @@ def test_an_engine_failure_on_one_request_is_reported_to_that_client_only(tiny_s
         assert frames_until(bad, 2)[0][-1][0]["seq"] == 2
 
 
-def test_a_text_frame_that_is_not_utf8_is_closed_with_1007_and_logged_in_one_line(tiny_studio):
+def test_a_text_frame_that_is_not_utf8_is_closed_with_1007_and_logged_in_one_line(tiny_studio, log_records):
     address, _ = tiny_studio
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    uvicorn_log = logging.getLogger("uvicorn.error")
-    uvicorn_log.addHandler(handler)
-    try:
-        with open_client(address) as ws:
-            ws.send(b"\xff\xfe not UTF-8", text=True)
-            with pytest.raises(ConnectionClosed) as closed:
-                ws.recv(RECV_LIMIT_S)
-        wait_until(lambda: records, "the server to log the bad frame")
-    finally:
-        uvicorn_log.removeHandler(handler)
+    records = log_records("uvicorn.error")
+    with open_client(address) as ws:
+        ws.send(b"\xff\xfe not UTF-8", text=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(RECV_LIMIT_S)
+    wait_until(lambda: records, "the server to log the bad frame")
     assert closed.value.rcvd.code == 1007
     (record,) = records
     assert record.getMessage() == "a client sent a WebSocket text frame that is not valid UTF-8; closed it with 1007"
