@@ -105,23 +105,44 @@ def output_file(value: str) -> Path:
     return path
 
 
-def check_sizes(args, spec: variants.ModelSpec) -> None:
-    """--size, --width and --height against the model's range, each named as the user gave it."""
-    (low, high), _ = spec.sizes()
+# The models the default can turn out to be (pipelines.startup: lightning on CUDA, else shapes; tiny as the last
+# resort), so that a step count or size none of them serves is refused before torch can say which it is.
+DEFAULT_CANDIDATES = ("lightning", "shapes", "tiny")
+
+
+def candidate_models(model: str | None, base: str | None) -> tuple[str, list[variants.ModelSpec]]:
+    """(how to name it in an error, the specs the run may use), from names and manifests alone."""
+    if model is not None:
+        spec = variants.resolve(model, base)
+        return f"the {spec.name} model", [spec]
+    found = []
+    for name in DEFAULT_CANDIDATES:
+        try:
+            found.append(variants.resolve(name, base))
+        except StudioError:  # e.g. the embedded model's files are gone: startup falls back past it too
+            continue
+    return "the default model (lightning on CUDA, else shapes)", found
+
+
+def check_steps_and_sizes(args, what: str, specs: list[variants.ModelSpec]) -> None:
+    """--steps against the variants offered, --size/--width/--height against the sides drawn, each flag named as the
+    user gave it. With several candidates a value is refused only when none of them serves it."""
+    if args.steps is not None and all(args.steps not in {v.steps for v in spec.variants} for spec in specs):
+        offers = specs[0].describe_steps() if len(specs) == 1 else "; ".join(f"{spec.name}: {spec.describe_steps()}" for spec in specs)
+        raise InvalidModel(f"--steps {args.steps}: {what} offers {offers}")
+    low, high = min(spec.sizes()[0][0] for spec in specs), max(spec.sizes()[0][1] for spec in specs)
     for flag in ("size", "width", "height"):
         value = getattr(args, flag)
         if value is not None and (value % 8 or not low <= value <= high):
-            raise InvalidRequest(f"--{flag} {value}: the {spec.name} model draws sides that are multiples of 8 from {low} to {high} px")
+            raise InvalidRequest(f"--{flag} {value}: {what} draws sides that are multiples of 8 from {low} to {high} px")
 
 
 def generate(args) -> None:
     out = output_file(args.out)
-    if args.model is not None:  # known without torch: the name or the folder's manifest; the default model needs torch to pick
-        spec = variants.resolve(args.model, args.base)
-        if args.steps is not None and args.steps not in {v.steps for v in spec.variants}:
-            raise InvalidModel(f"--steps {args.steps}: the {spec.name} model offers {spec.describe_steps()}")
-        args.steps = args.steps or spec.default_steps
-        check_sizes(args, spec)
+    what, specs = candidate_models(args.model, args.base)  # no torch yet: a mistake is answered at once
+    check_steps_and_sizes(args, what, specs)
+    if args.model is not None:
+        args.steps = args.steps or specs[0].default_steps  # load only the variant that runs
 
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo

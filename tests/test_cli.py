@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.cli import main
@@ -48,14 +49,23 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path):
     """Arguments, model names, step counts, sizes and --out are checked from the manifest alone: no model loads."""
     script = (
         "import sys; from pipelines.cli import main\n"
-        "for argv in (['--model', 'nosuch'], ['--model', 'shapes', '--steps', '3'], ['--model', 'shapes', '--size', '100'], ['--out', 'x.gif']):\n"
+        "for argv in (['--model', 'nosuch'], ['--model', 'shapes', '--steps', '3'], ['--model', 'shapes', '--size', '100'], ['--out', 'x.gif'],\n"
+        "             ['--steps', '3'], ['--size', '100']):  # the last two: the default model, whichever it turns out to be\n"
         "    assert main(['generate', 'x', *argv]) == 2\n"
         "print('torch' in sys.modules, 'diffusers' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_here_first())
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False"]
-    assert done.stderr.count("\n") == 4 and "Traceback" not in done.stderr  # one line each
+    assert done.stderr.count("\n") == 6 and "Traceback" not in done.stderr  # one line each
+
+
+def test_the_early_checks_know_every_model_the_default_can_turn_out_to_be():
+    from pipelines import startup
+    from pipelines.cli import DEFAULT_CANDIDATES
+
+    chain = {"lightning", *startup.FALLBACKS, *(model for model, _ in startup.FALLBACKS.values())}
+    assert set(DEFAULT_CANDIDATES) == chain and startup.default_model(torch.device("cpu"))[0] in chain
 
 
 def _here_first() -> dict:
