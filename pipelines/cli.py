@@ -162,6 +162,8 @@ def generate(args) -> None:
     )
     if engine.notice:
         print(engine.notice, file=sys.stderr)
+    if args.model is None:  # now the default is known: its own range, still named by the flags given
+        check_steps_and_sizes(args, f"the {engine.model_name} model", [engine.model.spec])
     size = args.size or engine.default_size
     request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.live_steps, width=args.width or size, height=args.height or size)
     result = engine.generate([request], vae=args.vae)[0]
