@@ -99,7 +99,7 @@ def build_blocks(studio) -> gr.Blocks:
         # An empty box shows the placeholder, so the page draws and compares the placeholder (as studio.js streams it).
         compare.click(lambda p, s, z: compare_steps(studio, p or placeholder, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
         if studio.config.gradio_events:
-            render = _gradio_renderer(studio, placeholder)
+            render = _gradio_renderer(studio)
             for event in (demo.load, prompt.input, seed.change, steps.change, size.change):
                 event(render, [prompt, seed, steps, size], [live, hud], trigger_mode="always_last", show_progress="hidden")
         else:  # js-only: hand control changes to the WebSocket client, no server round trip
@@ -153,7 +153,7 @@ def latency_table(engine, results) -> str:
     return "\n".join(rows)
 
 
-def _gradio_renderer(studio, placeholder: str):
+def _gradio_renderer(studio):
     """--gradio-events: one render per event; trigger_mode="always_last" guarantees the final text renders.
 
     On ZeroGPU Spaces the GPU exists only inside a @spaces.GPU function, so there the engine is called directly
@@ -167,6 +167,8 @@ def _gradio_renderer(studio, placeholder: str):
         import spaces  # available on Spaces only
 
         run = spaces.GPU(lambda requests: studio.engine.generate(requests, vae=studio.config.preview_vae))
+
+    placeholder = placeholder_prompt(studio.engine)  # an empty box shows it, so it is what the page draws
 
     def render(prompt, seed, steps, size):
         start = time.perf_counter()
