@@ -110,10 +110,10 @@ def output_file(value: str) -> Path:
 DEFAULT_CANDIDATES = ("lightning", "shapes", "tiny")
 
 
-def candidate_models(model: str | None, base: str | None) -> tuple[str, list[variants.ModelSpec]]:
+def candidate_models(model: str | None, base: str | None, steps: int | None) -> tuple[str, list[variants.ModelSpec]]:
     """(how to name it in an error, the specs the run may use), from names and manifests alone."""
     if model is not None:
-        spec = variants.resolve(model, base)
+        spec = variants.resolve(model, base, (steps,) if steps else None)  # a plain diffusers folder serves the steps asked for
         return f"the {spec.name} model", [spec]
     found = []
     for name in DEFAULT_CANDIDATES:
@@ -139,7 +139,7 @@ def check_steps_and_sizes(args, what: str, specs: list[variants.ModelSpec]) -> N
 
 def generate(args) -> None:
     out = output_file(args.out)
-    what, specs = candidate_models(args.model, args.base)  # no torch yet: a mistake is answered at once
+    what, specs = candidate_models(args.model, args.base, args.steps)  # no torch yet: a mistake is answered at once
     check_steps_and_sizes(args, what, specs)
     if args.model is not None:
         args.steps = args.steps or specs[0].default_steps  # load only the variant that runs

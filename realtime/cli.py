@@ -71,7 +71,8 @@ def check_model(args) -> None:
     from pipelines.variants import resolve
 
     if args.model is not None:
-        resolve(args.model, args.base).restricted_to(tuple(args.variants or ()))
+        steps = tuple(args.variants or ())
+        resolve(args.model, args.base, steps).restricted_to(steps)  # a plain diffusers folder serves the steps asked for
 
 
 def main(argv=None) -> int:

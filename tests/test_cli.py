@@ -152,3 +152,15 @@ def test_bench_on_tiny_writes_the_documented_json(tmp_path, capsys):
         assert row["unet_tflop"] > 0 and row["decode_tflop"] > 0
     assert {(r["steps"], r["batch"], r["vae"]) for r in report["results"]} == {(s, b, v) for s in (1, 2) for b in (1, 2) for v in ("full", "tiny")}
     assert "speedup" in capsys.readouterr().out
+
+
+def test_a_plain_diffusers_folder_passes_the_early_checks_with_the_steps_asked_for(tmp_path):
+    """Such a folder says nothing about its step count: it serves the steps asked for (as pipelines.variants.resolve)."""
+    from argparse import Namespace
+
+    from pipelines.cli import candidate_models, check_steps_and_sizes
+
+    (tmp_path / "model_index.json").write_text("{}")
+    what, specs = candidate_models(str(tmp_path), None, 2)
+    check_steps_and_sizes(Namespace(steps=2, size=1024, width=None, height=None), what, specs)  # no error
+    assert [v.steps for v in specs[0].variants] == [2]
