@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     )
     studio = Studio(engine, config)
     print(studio.notice, flush=True)
-    if args.host in WILDCARD_ADDRESSES and not args.allowed_hosts:
+    if args.host in WILDCARD_ADDRESSES and not args.allowed_hosts and not os.environ.get("SPACE_HOST"):  # Spaces: its host is allowed
         print(f"listening on every interface: other machines open http://<this machine's IP>:{args.port}; for a host name, add --allowed-hosts NAME")
     studio.start()  # warms up on the worker thread; /healthz answers 503 until it is done
     app = create_app(studio)
