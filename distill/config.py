@@ -9,7 +9,9 @@ import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from pipelines.errors import StudioError
+from pipelines.errors import StudioError, capped
+
+CONFIG_FOLDER = Path(__file__).with_name("configs")  # the packaged plans (package data in the wheel)
 
 OBJECTIVES = ("mse", "conditional", "unconditional", "x0_convert")
 ADVERSARIAL = ("conditional", "unconditional")
@@ -128,9 +130,37 @@ RESUME_NEUTRAL = {
 }
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The plans shipped in the package (distill/configs/*.toml), by name: 'tiny', 'shapes', ..."""
+    return {path.stem: path for path in sorted(CONFIG_FOLDER.glob("*.toml"))}
+
+
+def config_path(value) -> Path:
+    """--config value -> a file: an existing path as given, else a packaged plan's name (with or without .toml, so the
+    documented distill/configs/tiny.toml works from any directory), else ConfigError listing the names."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    if path.stem in shipped and (path.parent == Path(".") or path.parent.parts[-2:] == ("distill", "configs")):
+        return shipped[path.stem]
+    raise ConfigError(f"{capped(value)}: no such config file; packaged plans (name them, e.g. --config tiny): {', '.join(shipped)}")
+
+
+def config_summary(path: Path) -> str:
+    """A plan file's first comment line: what `python -m distill plan --list` shows beside its name."""
+    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    return first.removeprefix("#").strip() if first.startswith("#") else ""
+
+
+def precision_name(mixed_precision: str) -> str:
+    """accelerate's mixed_precision ("no", "bf16") as the precision it means: "fp32" or "bf16"."""
+    return "fp32" if mixed_precision == "no" else mixed_precision
+
+
 def read_toml(path) -> dict:
-    """A TOML file's tables, or ConfigError naming the file and what is wrong with it."""
-    path = Path(path)
+    """A TOML file's tables (found by config_path), or ConfigError naming the file and what is wrong with it."""
+    path = config_path(path)
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -140,7 +170,13 @@ def read_toml(path) -> dict:
 
 
 def load_config(path) -> Config:
-    return parse_config(read_toml(path), str(path))
+    return parse_config(read_toml(path), config_name(config_path(path)))
+
+
+def config_name(path: Path) -> str:
+    """How a plan is recorded (Config.path: in `plan`'s output and an export's manifest): a packaged plan by its place
+    in the repository, distill/configs/<name>.toml, the same wherever the package is installed; another as given."""
+    return f"distill/configs/{path.name}" if path.parent.resolve() == CONFIG_FOLDER.resolve() else str(path)
 
 
 def parse_config(raw: dict, path: str = "") -> Config:
@@ -321,7 +357,7 @@ def describe(c: Config) -> str:
         f"config {c.path or '<inline>'}",
         f"base model: {c.model.base}",
         f"data: {c.data.source} {c.data.path or ''} at {c.data.resolution}px, on_bad={c.data.on_bad}".replace("  ", " "),
-        f"train: batch {c.train.batch_size} x accumulation {c.train.gradient_accumulation_steps}, {c.train.mixed_precision}, "
+        f"train: batch {c.train.batch_size} x accumulation {c.train.gradient_accumulation_steps}, {precision_name(c.train.mixed_precision)}, "
         f"LoRA rank {c.train.lora_rank}, {c.train.gan_updates} G/D updates, {c.train.d_warmup_steps} D-only steps per fresh D, "
         f"checkpoints every {c.train.checkpoint_every} steps (keep {c.train.keep_checkpoints}) in {c.train.output_dir}",
     ]

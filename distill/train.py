@@ -28,7 +28,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .config import Config, ConfigError, teacher_of
+from .config import Config, ConfigError, precision_name, teacher_of
 from .data import LatentCache, precompute
 from .discriminator import Discriminator
 from .lora import teacher_context
@@ -172,9 +172,8 @@ def start_run(config: Config, resume: bool, stop_after: int | None) -> Run:
         )
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if accelerator.is_main_process else None
     device = accelerator.device
-    log.info(
-        f"distilling on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} ({device}, {tc.mixed_precision}), writing to {out}"
-    )
+    processes = f"{accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''}"
+    log.info(f"distilling on {processes} ({device}, {precision_name(tc.mixed_precision)}), writing to {out}")
 
     components = load_components(config.model)
     data = training_data(config, components, accelerator)

@@ -4,7 +4,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .conditioning import TOKEN_WINDOW
+from . import variants
+from .errors import InvalidModel, InvalidRequest, StudioError, capped
+
+# Only light imports above (no torch, no diffusers): --help and a mistake in the arguments answer at once.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+DEFAULT_OUT = "out.png"  # the file written when --out is omitted or names a folder
 
 EPILOG_GENERATE = """examples:
   python -m pipelines generate "a red circle on the left" --model shapes --steps 32 --out c.png (offline, CPU)
@@ -24,6 +29,15 @@ MODEL_HELP = (
 )
 
 
+def _steps_help() -> str:
+    """--steps' help, with the embedded model's variants and their labels (read from its manifest: no model loads)."""
+    text = "denoising steps; must be a variant the model offers (default: the model's live variant, the one the studio types with)"
+    try:
+        return text + f". shapes offers {variants.resolve('shapes').describe_steps()}"
+    except StudioError:  # the embedded model is missing: its own error says so when it is asked for
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description="SDXL-Lightning inference: generate images, benchmark the engine.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="what to draw (an empty string gives an unconditional image)")
     gen.add_argument("--model", default=None, help=MODEL_HELP)
     gen.add_argument("--base", default=None, help="SDXL base for lightning-lora (hub id or local folder; default SDXL base 1.0)")
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps; must be a variant the model offers (default: its fewest)")
+    gen.add_argument("--steps", type=int, default=None, help=_steps_help())
     gen.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same image (default 0)")
     gen.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 8 (default: the model's own size)")
     gen.add_argument("--width", type=int, default=None, help="overrides --size for the width")
@@ -52,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the decoders' precision (default: the model's); bfloat16 decodes ~1.5x faster on CPUs with native bf16",
     )
-    gen.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write (default out.png)")
+    gen.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"a .png, .jpg or .webp file, or an existing folder to write {DEFAULT_OUT} into (default {DEFAULT_OUT})"
+    )
 
     bench = commands.add_parser(
         "bench",
@@ -77,10 +93,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_file(value: str) -> Path:
+    """--out -> the file to write: an image file name, or an existing folder (DEFAULT_OUT inside it)."""
+    path = Path(value)
+    if path.is_dir():
+        return path / DEFAULT_OUT
+    if value.endswith(("/", "\\")):
+        raise InvalidRequest(f"--out {capped(value)}: no such folder")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InvalidRequest(f"--out {capped(value)}: name a .png, .jpg or .webp file, or an existing folder")
+    return path
+
+
+# The models the default can turn out to be (pipelines.startup: lightning on CUDA, else shapes; tiny as the last
+# resort), so that a step count or size none of them serves is refused before torch can say which it is.
+DEFAULT_CANDIDATES = ("lightning", "shapes", "tiny")
+
+
+def candidate_models(model: str | None, base: str | None, steps: int | None) -> tuple[str, list[variants.ModelSpec]]:
+    """(how to name it in an error, the specs the run may use), from names and manifests alone."""
+    if model is not None:
+        spec = variants.resolve(model, base, (steps,) if steps else None)  # a plain diffusers folder serves the steps asked for
+        return f"the {spec.name} model", [spec]
+    found = []
+    for name in DEFAULT_CANDIDATES:
+        try:
+            found.append(variants.resolve(name, base))
+        except StudioError:  # e.g. the embedded model's files are gone: startup falls back past it too
+            continue
+    return "the default model (lightning on CUDA, else shapes)", found
+
+
+def check_steps_and_sizes(args, what: str, specs: list[variants.ModelSpec]) -> None:
+    """--steps against the variants offered, --size/--width/--height against the sides drawn, each flag named as the
+    user gave it. With several candidates a value is refused only when none of them serves it."""
+    if args.steps is not None and all(args.steps not in {v.steps for v in spec.variants} for spec in specs):
+        offers = specs[0].describe_steps() if len(specs) == 1 else "; ".join(f"{spec.name}: {spec.describe_steps()}" for spec in specs)
+        raise InvalidModel(f"--steps {args.steps}: {what} offers {offers}")
+    low, high = min(spec.sizes()[0][0] for spec in specs), max(spec.sizes()[0][1] for spec in specs)
+    for flag in ("size", "width", "height"):
+        value = getattr(args, flag)
+        if value is not None and (value % 8 or not low <= value <= high):
+            raise InvalidRequest(f"--{flag} {value}: {what} draws sides that are multiples of 8 from {low} to {high} px")
+
+
 def generate(args) -> None:
+    out = output_file(args.out)
+    what, specs = candidate_models(args.model, args.base, args.steps)  # no torch yet: a mistake is answered at once
+    check_steps_and_sizes(args, what, specs)
+    if args.model is not None:
+        args.steps = args.steps or specs[0].default_steps  # load only the variant that runs
+
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
+    from .conditioning import TOKEN_WINDOW
     from .requests import GenerationRequest
     from .startup import load_engine
 
@@ -95,8 +162,10 @@ def generate(args) -> None:
     )
     if engine.notice:
         print(engine.notice, file=sys.stderr)
+    if args.model is None:  # now the default is known: its own range, still named by the flags given
+        check_steps_and_sizes(args, f"the {engine.model_name} model", [engine.model.spec])
     size = args.size or engine.default_size
-    request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.steps[0], width=args.width or size, height=args.height or size)
+    request = GenerationRequest(args.prompt, seed=args.seed, steps=args.steps or engine.live_steps, width=args.width or size, height=args.height or size)
     result = engine.generate([request], vae=args.vae)[0]
     if result.dropped_tokens:
         print(f"note: the prompt is longer than the {TOKEN_WINDOW}-token window; {result.dropped_tokens} tokens were cut off", file=sys.stderr)
@@ -110,10 +179,11 @@ def generate(args) -> None:
         "vae": args.vae,
     }.items():
         metadata.add_text(key, str(value))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.image).save(args.out, pnginfo=metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.image).save(out, pnginfo=metadata)  # PNG keeps the text chunks; JPEG and WebP ignore them
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
-    print(f"wrote {args.out} ({request.width}x{request.height}, {request.steps} step(s), seed {request.seed}, {engine.model_name}; {timings})")
+    label = f" ({engine.labels[request.steps]})" if request.steps in engine.labels else ""
+    print(f"wrote {out} ({request.width}x{request.height}, {request.steps} step(s){label}, seed {request.seed}, {engine.model_name}; {timings})")
 
 
 def bench(args) -> None:
@@ -146,8 +216,6 @@ def bench(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import StudioError
-
     try:
         {"generate": generate, "bench": bench}[args.command](args)
     except StudioError as error:

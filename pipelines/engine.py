@@ -96,9 +96,12 @@ class Engine:
         self.steps = tuple(sorted(model.unets))
         self.model_name, self.description, self.examples = model.spec.name, model.spec.description, model.spec.examples
         # The variant the live stream types with: the model's choice if loaded, else the fewest steps.
-        self.live_steps = model.spec.live_steps if model.spec.live_steps in self.steps else self.steps[0]
+        self.live_steps = model.spec.default_steps
         self.reference_steps = model.spec.reference_steps if model.spec.reference_steps in self.steps else None
         self.guidance = {n: model.spec.variant(n).guidance_scale for n in self.steps if model.spec.variant(n).guided}
+        self.labels = model.spec.labels()  # "reference", "live", "experimental" per step count, for the page and CLI
+        self.adherence = {v.steps: v.adherence for v in model.spec.variants if v.adherence is not None}
+        self.adherence_measure = model.spec.adherence_measure
         self.prompt_cache, self.noise_cache = LRUCache(prompt_cache_size), LRUCache(noise_cache_size)
         encoder_log = logging.getLogger(type(self.pipe).encode_prompt.__module__)  # where encode_prompt logs from
         if drop_truncated_text not in encoder_log.filters:
@@ -169,8 +172,11 @@ class Engine:
         steps, width, height = batch[0].batch_key
         timer = Timer(self.device)
         start = time.perf_counter()
+        cached = all(r.prompt in self.prompt_cache for r in batch)
         with timer.stage("text"):
             embeds, pooled = self._prompt_embeddings([r.prompt for r in batch])
+        if cached:  # no encoder ran: timings list only the stages that did
+            del timer.ms["text"]
         with timer.stage("denoise"):
             latents = self.denoise(steps, self._initial_noise(batch), embeds, pooled, height, width)
         self._raise_if_nonfinite(latents, batch, "latents")

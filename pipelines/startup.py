@@ -8,15 +8,12 @@ import torch
 from . import backends, variants
 from .engine import Engine
 from .errors import InvalidModel, WeightsUnavailable
-from .loading import BUILTIN_BASES, load_model
+from .loading import load_model
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 EMBEDDED_DEFAULT = "shapes"
 LAST_RESORT = "tiny"  # built in code: starts even if the shipped shapes weights are missing
-# SDXL was trained from 512 to 2048 px; the tiny model is only useful small, and cheap enough on a CPU.
-SIZE_LIMITS = {"tiny": (64, 1024)}
-DEFAULT_SIZE = {"tiny": 256}
 NO_CUDA = "No CUDA GPU found, so the embedded shapes model runs on the CPU: {description}. Start with --model lightning on a CUDA machine for SDXL-Lightning."
 
 
@@ -95,10 +92,7 @@ def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
     cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and o.compile_cache else None
     cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)
     loaded = load_model(spec, device, torch_dtype, o.preview_vae == "tiny")
-    key = spec.base if spec.base in BUILTIN_BASES else None
-    size_limits, default_size = SIZE_LIMITS.get(key, (256, 2048)), DEFAULT_SIZE.get(key, 1024)
-    if spec.resolution:  # a model trained small (the shapes world) serves its own size and up to twice it
-        size_limits, default_size = (min(64, spec.resolution), 2 * spec.resolution), spec.resolution
+    size_limits, default_size = spec.sizes()
     if notice:
         notice = notice.replace("{description}", spec.description or spec.name)
     engine = Engine(

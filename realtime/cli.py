@@ -22,7 +22,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Flags come from the command line, after any in STUDIO_ARGS (hosts such as Spaces run plain `python app.py`)."""
     argv = shlex.split(os.environ.get("STUDIO_ARGS", "")) + list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="lightning-studio", description=__doc__)
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="host names browsers may reach the studio by, besides localhost, IP addresses and --host (e.g. a LAN name or a "
+        "public deployment's domain); any other Host is refused with 403 (DNS rebinding protection, docs/deploy.md)",
+    )
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument(
         "--model",
@@ -58,19 +66,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_model(args) -> None:
+    """--model and --variants, from the model's name or manifest alone (no torch): a mistake is answered at once."""
+    from pipelines.variants import resolve
+
+    if args.model is not None:
+        steps = tuple(args.variants or ())
+        resolve(args.model, args.base, steps).restricted_to(steps)  # a plain diffusers folder serves the steps asked for
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.gradio_events and os.environ.get("SPACES_ZERO_GPU"):
-        import spaces  # noqa: F401  ZeroGPU must patch CUDA before torch is imported
-
-    import uvicorn
-
-    from pipelines import StudioError, load_engine
-    from realtime.server import create_app
-    from realtime.studio import Studio, StudioConfig
+    from pipelines import StudioError
 
     try:
+        check_model(args)  # before torch is imported: a wrong name or step count is answered at once
+        if args.gradio_events and os.environ.get("SPACES_ZERO_GPU"):
+            import spaces  # noqa: F401  ZeroGPU must patch CUDA before torch is imported
+        from pipelines import load_engine
+
         engine = load_engine(
             model=args.model,
             device=args.device,
@@ -84,6 +99,12 @@ def main(argv=None) -> int:
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import uvicorn
+
+    from realtime.hosts import WILDCARD_ADDRESSES
+    from realtime.server import create_app
+    from realtime.studio import Studio, StudioConfig
+
     compiled = args.backend != "eager"
     config = StudioConfig(
         max_clients=args.max_clients,
@@ -93,9 +114,13 @@ def main(argv=None) -> int:
         gradio_events=args.gradio_events,
         warm=not os.environ.get("SPACES_ZERO_GPU"),
         warm_batch_sizes=tuple(range(1, args.max_batch + 1)) if compiled else (1,),
+        bound_host=args.host,
+        allowed_hosts=tuple(args.allowed_hosts),
     )
     studio = Studio(engine, config)
     print(studio.notice, flush=True)
+    if args.host in WILDCARD_ADDRESSES and not args.allowed_hosts and not os.environ.get("SPACE_HOST"):  # Spaces: its host is allowed
+        print(f"listening on every interface: other machines open http://<this machine's IP>:{args.port}; for a host name, add --allowed-hosts NAME")
     studio.start()  # warms up on the worker thread; /healthz answers 503 until it is done
     app = create_app(studio)
     try:

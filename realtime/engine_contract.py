@@ -19,6 +19,9 @@ class StudioEngine(Protocol):
     live_steps: int  # the variant the stream types with
     reference_steps: int | None  # the Compare panel's first, slow, best variant
     guidance: dict[int, float]  # CFG scale of guided variants, for labels
+    labels: dict[int, str]  # "reference", "live", "experimental" per step count (pipelines.variants.ModelSpec.labels)
+    adherence: dict[int, float]  # measured prompt adherence per step count, where the manifest has it
+    adherence_measure: str | None  # what those numbers are and where they were measured
     size_limits: tuple[int, int]
     default_size: int
     default_vae: str  # the decoder the stream uses unless the studio says otherwise

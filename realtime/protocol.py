@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 
 from pipelines.conditioning import MAX_SEED
+from pipelines.errors import capped
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 4096  # a generate message with a long prompt is well under 1 KiB
@@ -100,11 +101,11 @@ def parse(text: str | bytes, limits: Limits) -> Hello | Generate:
         seed = _int(msg, "seed", seq, 0, MAX_SEED)
         steps = _int(msg, "steps", seq)
         if steps not in limits.steps:
-            raise ProtocolError("out_of_range", f'"steps" must be one of the loaded variants {list(limits.steps)}, got {steps}', seq)
+            raise ProtocolError("out_of_range", f'"steps" must be one of the loaded variants {list(limits.steps)}, got {capped(steps)}', seq)
         width = _side(msg, "width", seq, limits)
         height = _side(msg, "height", seq, limits)
         return Generate(seq, prompt, seed, steps, width, height)
-    raise ProtocolError("unknown_type", f'unknown message type {kind!r}; expected "hello" or "generate"')
+    raise ProtocolError("unknown_type", f'unknown message type {capped(repr(kind))}; expected "hello" or "generate"')
 
 
 def _is_int(value) -> bool:
@@ -116,9 +117,9 @@ def _int(msg: dict, name: str, seq, low: int | None = None, high: int | None = N
         raise ProtocolError("missing_field", f'"{name}" is required', seq)
     value = msg[name]
     if not _is_int(value):
-        raise ProtocolError("bad_type", f'"{name}" must be an integer, got {json.dumps(value)[:40]}', seq)
+        raise ProtocolError("bad_type", f'"{name}" must be an integer, got {capped(json.dumps(value))}', seq)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ProtocolError("out_of_range", f'"{name}" must be between {low} and {high}, got {value}', seq)
+        raise ProtocolError("out_of_range", f'"{name}" must be between {low} and {high}, got {capped(value)}', seq)
     return value
 
 
@@ -132,7 +133,7 @@ def _side(msg: dict, name: str, seq, limits: Limits) -> int:
 def _no_unknown(msg: dict, known: set, seq) -> None:
     unknown = sorted(set(msg) - known)
     if unknown:
-        raise ProtocolError("unknown_field", f"unknown field(s) {unknown}; allowed: {sorted(known)}", seq)
+        raise ProtocolError("unknown_field", f"unknown field(s) {capped(unknown)}; allowed: {sorted(known)}", seq)
 
 
 # --- server -> client ------------------------------------------------------------------------------------------

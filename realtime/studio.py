@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .engine_contract import StudioEngine
+from .hosts import HostPolicy
 from .metrics import Metrics
 from .protocol import Limits
 from .worker import Worker
@@ -28,6 +29,8 @@ class StudioConfig:
     warm: bool = True  # False on ZeroGPU, where the GPU exists only inside @spaces.GPU calls, not on the worker
     warm_size: int | None = None  # square side to warm; None: the engine's default size
     warm_batch_sizes: tuple = (1,)  # compiled backends: every batch size the stream will use (1..max_batch)
+    bound_host: str | None = None  # the address the server listens on (a name of this server unless a wildcard)
+    allowed_hosts: tuple = ()  # further names it answers to (--allowed-hosts: a LAN or public host name)
 
 
 def describe_model(engine) -> str:
@@ -62,6 +65,7 @@ class Studio:
         self.encoder_pool = ThreadPoolExecutor(config.encoder_threads, thread_name_prefix="jpeg")
         self.connected = 0  # only touched on the event loop
         self.notice = describe_model(engine)
+        self.hosts = HostPolicy.for_server(config.bound_host, config.allowed_hosts)
 
     def start(self) -> "Studio":
         self.worker.start()

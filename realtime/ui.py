@@ -40,14 +40,24 @@ def live_html(studio) -> str:
     )
 
 
-def _steps_label(steps: int, guidance: float | None = None) -> str:
-    return f"{steps} step" + ("" if steps == 1 else "s") + (f" · CFG {guidance:g}" if guidance else "")
+def _steps_label(steps: int, guidance: float | None = None, label: str | None = None) -> str:
+    return f"{steps} step" + ("" if steps == 1 else "s") + (f" · CFG {guidance:g}" if guidance else "") + (f" · {label}" if label else "")
+
+
+def steps_choices(engine) -> list[tuple[str, int]]:
+    """The Steps radio: each loaded variant with its manifest label ("2 · live", "1 · experimental")."""
+    return [(f"{n} · {engine.labels[n]}" if n in engine.labels else str(n), n) for n in engine.steps]
+
+
+def placeholder_prompt(engine) -> str:
+    """What the empty prompt box shows, and so what the page draws until the user types: the model's first example."""
+    return engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light"
 
 
 def build_blocks(studio) -> gr.Blocks:
     engine = studio.engine
-    steps_choices = list(engine.steps)
     sizes = size_choices(engine)
+    placeholder = placeholder_prompt(engine)
     with gr.Blocks(title="Lightning studio") as demo:
         gr.Markdown(f"## Lightning studio\n{studio.notice}", elem_id="notice")
         with gr.Row():
@@ -56,7 +66,7 @@ def build_blocks(studio) -> gr.Blocks:
                     label="Prompt (renders as you type)",
                     elem_id="prompt",
                     lines=2,
-                    placeholder=engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light",
+                    placeholder=placeholder,
                 )
                 if engine.examples:
                     with gr.Row(elem_id="examples"):
@@ -75,7 +85,7 @@ def build_blocks(studio) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
                     randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
-                    steps = gr.Radio(steps_choices, value=engine.live_steps, label="Steps (loaded variants)", elem_id="steps")
+                    steps = gr.Radio(steps_choices(engine), value=engine.live_steps, label="Steps (loaded variants)", elem_id="steps")
                     size = gr.Radio(sizes, value=engine.default_size, label="Size (px, square)", elem_id="size")
             with gr.Column(scale=2):
                 gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
@@ -86,10 +96,11 @@ def build_blocks(studio) -> gr.Blocks:
                 latency = gr.Markdown(elem_id="compare-latency")
 
         randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
-        compare.click(lambda p, s, z: compare_steps(studio, p, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
+        # An empty box shows the placeholder, so the page draws and compares the placeholder (as studio.js streams it).
+        compare.click(lambda p, s, z: compare_steps(studio, p or placeholder, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
         if studio.config.gradio_events:
             render = _gradio_renderer(studio)
-            for event in (prompt.input, seed.change, steps.change, size.change):
+            for event in (demo.load, prompt.input, seed.change, steps.change, size.change):
                 event(render, [prompt, seed, steps, size], [live, hud], trigger_mode="always_last", show_progress="hidden")
         else:  # js-only: hand control changes to the WebSocket client, no server round trip
             seed.change(None, [seed], None, js="(v) => { window.studio && window.studio.update({seed: v}); }")
@@ -115,11 +126,31 @@ def compare_steps(studio, prompt, seed, size):
         results = studio.worker.run(requests, vae="full")
     except StudioError as e:
         raise gr.Error(str(e)) from None
-    items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
+    items = [
+        (r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps), engine.labels.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms")
+        for r in results
+    ]
     compared = f"Compared: “{html.escape(prompt or '')}” · seed {int(seed or 0)} · {int(size)}×{int(size)} px\n\n"
-    rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
-    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |" for r in results]
-    return items, compared + "\n".join(rows)
+    return items, compared + latency_table(engine, results)
+
+
+def latency_table(engine, results) -> str:
+    """Compare's table: per variant its label, its measured adherence where the manifest has one, and the time of each
+    stage that ran ("cached" for the text encoders when the prompt's embeddings were cached)."""
+    measured = bool(engine.adherence)
+    rows = [
+        "| steps | variant | " + ("adherence | " if measured else "") + "text | denoise | decode | total |",
+        "|---:|---|" + ("---:|" if measured else "") + "---:|---:|---:|---:|",
+    ]
+    for r in results:
+        n, t = r.request.steps, r.timings_ms
+        cells = [str(n), engine.labels.get(n, "")]
+        cells += [f"{engine.adherence[n]:.0%}" if n in engine.adherence else "–"] if measured else []
+        cells += [f"{t[k]:.0f} ms" if k in t else "cached" for k in ("text", "denoise", "decode", "total")]
+        rows.append("| " + " | ".join(cells) + " |")
+    if measured and engine.adherence_measure:
+        rows.append(f"\nAdherence: {html.escape(engine.adherence_measure)}.")
+    return "\n".join(rows)
 
 
 def _gradio_renderer(studio):
@@ -137,14 +168,16 @@ def _gradio_renderer(studio):
 
         run = spaces.GPU(lambda requests: studio.engine.generate(requests, vae=studio.config.preview_vae))
 
+    placeholder = placeholder_prompt(studio.engine)  # an empty box shows it, so it is what the page draws
+
     def render(prompt, seed, steps, size):
         start = time.perf_counter()
         try:
-            (result,) = run(_requests(prompt, seed, size, [steps]))
+            (result,) = run(_requests(prompt or placeholder, seed, size, [steps]))
         except StudioError as e:
             raise gr.Error(str(e)) from None
         stages = " · ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
         took = (time.perf_counter() - start) * 1000
-        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {took:.0f} ms · rendered: {prompt}"
+        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {took:.0f} ms · rendered: {prompt or placeholder}"
 
     return render

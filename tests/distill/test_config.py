@@ -136,6 +136,23 @@ def test_plan_prints_the_resolved_plan(capsys):
     assert out.strip() == describe(load_config(CONFIGS / "tiny.toml")).strip()
 
 
+def test_packaged_plans_are_named_from_any_directory_and_listed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no distill/configs here
+    for name in ("tiny", "tiny.toml", "distill/configs/tiny.toml"):
+        cli.main(["plan", "--config", name])
+        out = capsys.readouterr().out
+        assert "config distill/configs/tiny.toml" in out
+        assert "batch 2 x accumulation 1, fp32, LoRA rank 4" in out  # accelerate's "no" printed as the precision it means
+    cli.main(["plan", "--list"])
+    listed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert set(listed) == {p.stem for p in CONFIGS.glob("*.toml")} and listed["tiny"].startswith("The SDXL-Lightning plan on the tiny")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["plan", "--config", "tinny"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tinny: no such config file; packaged plans") and "shapes, " in err and err.count("\n") == 1
+
+
 def test_config_diff_names_changed_keys_only():
     a = load_config(CONFIGS / "tiny.toml").to_dict()
     raw = tiny_raw()

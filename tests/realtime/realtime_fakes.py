@@ -18,6 +18,7 @@ class FakeEngine:
 
     model_name, device, backend, notice, description, examples = "fake", "cpu", "eager", None, None, ()
     steps, live_steps, reference_steps, guidance, size_limits, default_size, default_vae = (1, 2), 1, None, {}, (64, 512), 64, "full"
+    labels, adherence, adherence_measure = {1: "live"}, {}, None
 
     def __init__(self, gate: threading.Event | None = None):
         self.gate = gate

@@ -62,7 +62,7 @@ def test_on_zerogpu_renders_run_inside_the_spaces_gpu_function_not_on_the_worker
     from realtime_fakes import FakeEngine
 
     from realtime.studio import Studio, StudioConfig
-    from realtime.ui import _gradio_renderer
+    from realtime.ui import _gradio_renderer, placeholder_prompt
 
     gpu_calls = []
 
@@ -80,3 +80,5 @@ def test_on_zerogpu_renders_run_inside_the_spaces_gpu_function_not_on_the_worker
     image, hud = _gradio_renderer(studio)("a red fox", 3, 1, 64)
     assert len(gpu_calls) == 1 and image.shape == (64, 64, 3) and int(image[0, 0, 0]) == 3  # FakeEngine paints the seed
     assert "rendered: a red fox" in hud and studio.engine.calls[0][0].prompt == "a red fox"
+    _, hud = _gradio_renderer(studio)("", 3, 1, 64)  # an empty box draws its placeholder, as the WebSocket page does
+    assert studio.engine.calls[1][0].prompt == placeholder_prompt(studio.engine) and hud.endswith(f"rendered: {placeholder_prompt(studio.engine)}")

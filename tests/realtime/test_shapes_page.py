@@ -59,6 +59,10 @@ def test_compare_puts_the_reference_first_then_fewer_steps(shapes_page, tmp_path
     order = [int(rows.nth(i).locator("td").first.inner_text()) for i in range(rows.count())]
     assert order[0] == studio.engine.reference_steps == 32 and order[1:] == sorted(order[1:], reverse=True)
     assert "CFG 5" in page.locator("#compare-gallery").inner_text()
+    cells = {order[i]: [c.inner_text() for c in rows.nth(i).locator("td").all()] for i in range(rows.count())}
+    # steps | variant | adherence (measured, from the manifest) | text | denoise | decode | total
+    assert cells[32][1:3] == ["reference", "59%"] and cells[2][1:3] == ["live", "29%"] and cells[1][1:3] == ["experimental", "1%"]
+    assert [page.locator("#steps label", has_text=t).count() for t in ("32 · reference", "2 · live", "1 · experimental")] == [1, 1, 1]
     shot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "studio.png"
     page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] >= 1000
