@@ -3,9 +3,13 @@ trained on. A D at chance (~0.5) gives the student no information, whatever its 
 generator's rate far above D's, each G step undoes what D just learned and D sits at 2 ln 2 (docs/distill.md)."""
 
 import torch
+from accelerate.logging import get_logger
 
+from .seeding import stable_seed
 from .steps import PhaseModels, discriminator_inputs, teacher_target
 from .student import student_step
+
+log = get_logger(__name__)  # accelerate's: logs on the main process only
 
 AT_CHANCE = 0.55  # held-out accuracy below this: D ends the phase telling real from fake no better than a coin
 
@@ -30,3 +34,18 @@ def d_heldout_accuracy(stage, phase, m: PhaseModels, draw, alphas_bar, generator
         real.append(m.disc(real_in, t_d, cond, *given))
         fake.append(m.disc(fake_in, t_d, cond, *given))
     return accuracy(torch.cat(real), torch.cat(fake))
+
+
+def probe_discriminator(accelerator, tc, stage, phase, label: str, key: tuple, m: PhaseModels, draw, alphas_bar, global_step: int) -> float:
+    """D's held-out accuracy at the end of adversarial phase `key` = (stage index, phase index), over
+    tc.probe_batches fresh batches whose seeds no training step draws: logged to tensorboard under `label`, warned
+    about when D ends the phase at chance, and returned for the stage's stage.json."""
+    generators = [torch.Generator().manual_seed(stable_seed(tc.seed, *key, "probe", k)) for k in range(tc.probe_batches)]
+    with accelerator.autocast():
+        held_out = d_heldout_accuracy(stage, phase, m, draw, alphas_bar, generators)
+    accelerator.log({f"{label}/d_heldout_accuracy": held_out}, step=global_step)
+    if held_out < AT_CHANCE:
+        log.warning(f"{label}: D ends the phase at chance (held-out accuracy {held_out:.3f} < {AT_CHANCE}): its student learned from noise")
+    else:
+        log.info(f"{label}: D's held-out accuracy {held_out:.3f}")
+    return held_out

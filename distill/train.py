@@ -33,7 +33,7 @@ from .data import LatentCache, precompute
 from .discriminator import Discriminator
 from .lora import teacher_context
 from .losses import annealed_weight
-from .probe import AT_CHANCE, d_heldout_accuracy
+from .probe import probe_discriminator
 from .seeding import stable_seed
 from .sharding import load_optimizer, load_trainable, meta_copy, save_checkpoint, unshard
 from .stages import (
@@ -355,7 +355,10 @@ def end_phase(run: Run, state: StageState, p: Phase):
     accelerator.free_memory()  # drop the accelerator's references to this phase's wrappers and optimizers
     if accelerator.is_main_process:
         if phase.adversarial:
-            probe_discriminator(run, state, p, whole)
+            draw, key = drawer(run, stage, phase), (state.index, p.j)
+            state.d_accuracy[p.label.split("/", 1)[1]] = probe_discriminator(
+                run.accelerator, config.train, stage, phase, p.label, key, whole, draw, run.alphas_bar, run.global_step
+            )
         folder = stage_dir(config, stage.name)
         if phase.params == "lora" and (p.j + 1 == len(stage.phases) or stage.phases[p.j + 1].params != "lora"):
             save_lora(folder, state.student, config.train.lora_rank)
@@ -367,22 +370,6 @@ def end_phase(run: Run, state: StageState, p: Phase):
             path = Path(config.train.output_dir) / "validation" / f"{stage.name}_{p.j}_{phase.objective}_{phase.params}.png"
             save_validation(path, state.teacher_images, decode(run.vae, latents), run.writer, f"{p.label}/teacher|student", run.global_step)
     accelerator.wait_for_everyone()
-
-
-def probe_discriminator(run: Run, state: StageState, p: Phase, whole: PhaseModels):
-    """D's accuracy on train.probe_batches fresh batches (seeds no training step draws): logged to tensorboard, kept
-    for stage.json, and warned about when D ends the phase at chance."""
-    tc, stage = run.config.train, run.config.stages[state.index]
-    phase = stage.phases[p.j]
-    generators = [torch.Generator().manual_seed(stable_seed(tc.seed, state.index, p.j, "probe", k)) for k in range(tc.probe_batches)]
-    with run.accelerator.autocast():
-        accuracy = d_heldout_accuracy(stage, phase, whole, drawer(run, stage, phase), run.alphas_bar, generators)
-    state.d_accuracy[p.label.split("/", 1)[1]] = accuracy
-    run.accelerator.log({f"{p.label}/d_heldout_accuracy": accuracy}, step=run.global_step)
-    if accuracy < AT_CHANCE:
-        log.warning(f"{p.label}: D ends the phase at chance (held-out accuracy {accuracy:.3f} < {AT_CHANCE}): its student learned from noise")
-    else:
-        log.info(f"{p.label}: D's held-out accuracy {accuracy:.3f}")
 
 
 def end_stage(run: Run, state: StageState):
