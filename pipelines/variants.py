@@ -89,6 +89,12 @@ class ModelSpec:
     resolution: int | None = None  # the size it was trained at (default image size)
     examples: tuple[str, ...] = ()  # prompts the page offers to click
 
+    @property
+    def live(self) -> int:
+        """The step count the live stream types with: the model's choice if it is loaded, else the fewest steps."""
+        offered = [v.steps for v in self.variants]
+        return self.live_steps if self.live_steps in offered else min(offered)
+
     def variant(self, steps: int) -> Variant:
         for v in self.variants:
             if v.steps == steps:

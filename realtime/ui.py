@@ -117,8 +117,10 @@ def compare_steps(studio, prompt, seed, size):
         raise gr.Error(str(e)) from None
     items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
     compared = f"Compared: “{html.escape(prompt or '')}” · seed {int(seed or 0)} · {int(size)}×{int(size)} px\n\n"
-    rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
-    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |" for r in results]
+    # "swap": copying a variant's weights into the one UNet module (models whose variants have their own UNet weights)
+    stages = [k for k in ("text", "swap", "denoise", "decode", "total") if any(k in r.timings_ms for r in results)]
+    rows = ["| steps | " + " | ".join(stages) + " |", "|---:|" + "---:|" * len(stages)]
+    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in stages) + " |" for r in results]
     return items, compared + "\n".join(rows)
 
 

@@ -67,7 +67,7 @@ def test_full_unet_folder_variant_loads_and_is_used(tmp_path):
     variants.write_manifest(tmp_path, "tiny", [variants.Variant(2, unet_dir="unet_2step", source_stage="4->2")])
     engine = load_engine(str(tmp_path), device="cpu")
     loaded = engine.model.unets[2]
-    assert loaded is not engine.pipe.unet
+    assert loaded is engine.pipe.unet  # the one UNet module, holding the variant's weights
     assert engine.generate([GenerationRequest("x", steps=2, width=SIZE, height=SIZE)])[0].image.shape == (SIZE, SIZE, 3)
     torch.testing.assert_close(loaded.conv_in.weight, unet.conv_in.weight)
     assert not torch.equal(loaded.conv_in.weight, tiny_components()["unet"].conv_in.weight)
