@@ -82,10 +82,11 @@ class MemoryPlan:
 
 
 def weight_bytes(build, dtype: torch.dtype) -> int:
-    """Bytes of a module's parameters and buffers in `dtype`: sum of numel x itemsize, built on the meta device."""
-    with init_empty_weights(include_buffers=True):
+    """Bytes of a module's parameters in `dtype`: sum of numel x itemsize, built on the meta device (its buffers, the
+    text encoders' 77 position ids, are left out)."""
+    with init_empty_weights():
         module = build()
-    return sum(t.numel() for t in (*module.parameters(), *module.buffers())) * dtype.itemsize
+    return sum(p.numel() for p in module.parameters()) * dtype.itemsize
 
 
 def activation_bytes(build, dtype: torch.dtype, run) -> int:
