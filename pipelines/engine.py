@@ -174,9 +174,9 @@ class Engine:
         start = time.perf_counter()
         with timer.stage("text"):
             embeds, pooled = self._prompt_embeddings([r.prompt for r in batch])
-        if self.model.weights is not None:
-            with timer.stage("swap"):
-                self.hold(steps)
+        swap_ms = self.hold(steps)
+        if swap_ms:  # only calls that swapped weights report (and feed /metrics) a "swap" stage
+            timer.ms["swap"] = swap_ms
         with timer.stage("denoise"):
             latents = self.denoise(steps, self._initial_noise(batch), embeds, pooled, height, width)
         self._raise_if_nonfinite(latents, batch, "latents")
@@ -260,6 +260,7 @@ class Engine:
                     for vae in vaes or [self.default_vae]:
                         requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
                         self.generate(requests, vae=vae)
+        self.hold(self.live_steps)  # at rest the UNet holds the live variant's weights
         if self.compile_cache is not None:
             backends.save_compiled_artifacts(self.compile_cache)  # the next start skips most compilation
         self.warmup_seconds = time.perf_counter() - start
@@ -280,6 +281,8 @@ class Engine:
         report["parameters_total"] = sum(report.values())
         if weights is not None:
             report["weights"] = weights
+        if self.plan is not None:  # what the plan predicted, beside what the allocator saw
+            report["plan"] = {key: getattr(self.plan, key) for key in ("fits", "budget_bytes", "predicted_peak_bytes")}
         if self.device.type == "cuda":
             report["cuda_allocated"] = torch.cuda.memory_allocated(self.device)
             report["cuda_reserved"] = torch.cuda.memory_reserved(self.device)

@@ -82,12 +82,13 @@ class VariantWeights:
         return ms
 
     def report(self) -> dict:
-        """Where each set's home is, which set the module holds, and the bytes on the device and in host memory."""
+        """Where each variant's home copy waits ("homes": resident on the device or swap in host memory; the live one's is
+        in host memory, its weights being in the module), which set the module holds, the bytes, and the swaps so far."""
         home_bytes = {name: sum(t.numel() * t.element_size() for t in tensors) for name, tensors in self.homes.items()}
         return {
             "current": self.current,
             "live": self.live,
-            "placement": {str(steps): self.placement[name] for steps, name in sorted(self.steps_to_set.items())},
+            "homes": {str(steps): self.placement[name] for steps, name in sorted(self.steps_to_set.items())},
             "device_copies_bytes": sum(b for name, b in home_bytes.items() if self.placement[name] == "resident"),
             "host_copies_bytes": sum(b for name, b in home_bytes.items() if self.placement[name] == "swap"),
             "pinned": any(t.is_pinned() for tensors in self.homes.values() for t in tensors[:1]),
@@ -103,5 +104,5 @@ def _home_like(param: torch.Tensor, source: torch.Tensor, where: str, device: to
     if where == "resident":
         home = torch.empty_like(param)
     else:
-        home = torch.empty_like(param, device="cpu", pin_memory=device.type == "cuda")
+        home = torch.empty_strided(param.size(), param.stride(), dtype=param.dtype, device="cpu", pin_memory=device.type == "cuda")
     return home.copy_(source)

@@ -42,7 +42,7 @@ def test_the_memory_report_says_where_each_variants_weights_live(weights):
     report = engine.memory()
     unet_bytes = report["unet_1+2+4+8step"]
     # Weight sets: the base UNet (8 steps) and three students; the live 2-step set sits in the module, its home on the host.
-    assert report["weights"]["placement"] == {"1": weights, "2": "swap", "4": weights, "8": weights}
+    assert report["weights"]["homes"] == {"1": weights, "2": "swap", "4": weights, "8": weights}
     copies = {"resident": (3, 1), "swap": (0, 4)}[weights]
     assert (report["weights"]["device_copies_bytes"], report["weights"]["host_copies_bytes"]) == (copies[0] * unet_bytes, copies[1] * unet_bytes)
     assert report["unet_device_copies"] == copies[0] * unet_bytes
