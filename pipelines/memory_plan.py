@@ -259,7 +259,8 @@ def advice(plan: MemoryPlan) -> str:
     """One line: by how much the plan misses, and the changes that would close the gap."""
     over = plan.predicted_peak_bytes - plan.budget_bytes
     steps = []
-    if any(v["placement"] == "resident" and not v["live"] for v in plan.variants):
+    live = {v["weights"] for v in plan.variants if v["live"]}
+    if any(v["placement"] == "resident" and v["weights"] not in live for v in plan.variants):  # a device copy to give up
         steps.append("--weights swap")
     if 0 < largest_batch(plan) < plan.max_batch:
         steps.append(f"--max-batch {largest_batch(plan)}")

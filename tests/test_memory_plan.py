@@ -82,3 +82,14 @@ def test_plan_from_the_command_line_writes_the_json_deployment_scripts_read(tmp_
     assert "memory plan for tiny" in capsys.readouterr().out
     assert cli.main(["plan", "--model", "tiny", "--vram", "1"]) == 1
     assert "does not fit" in capsys.readouterr().out
+
+
+def test_lora_variants_count_their_adapters_and_have_no_copies_to_swap(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"unet.down.lora_A.weight": torch.zeros(4, 32), "unet.down.lora_B.weight": torch.zeros(32, 4)}, str(tmp_path / "lora.safetensors"))
+    variants.write_manifest(tmp_path, "tiny", [variants.Variant(1, "sample"), variants.Variant(2, lora_file="lora.safetensors")])
+    footprint = memory_plan.measure(variants.resolve(str(tmp_path)), sizes=[(256, 256)])
+    assert footprint.components["lora_2step"] == 2 * 4 * 32 * 2  # two 4x32 matrices in fp16, read from the file's header
+    plan = memory_plan.make_plan(footprint, GIB)
+    assert not plan.fits and plan.host_bytes == 0 and "--weights swap" not in plan.advice
