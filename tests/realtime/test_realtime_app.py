@@ -80,3 +80,21 @@ def test_on_zerogpu_renders_run_inside_the_spaces_gpu_function_not_on_the_worker
     image, hud = _gradio_renderer(studio)("a red fox", 3, 1, 64)
     assert len(gpu_calls) == 1 and image.shape == (64, 64, 3) and int(image[0, 0, 0]) == 3  # FakeEngine paints the seed
     assert "rendered: a red fox" in hud and studio.engine.calls[0][0].prompt == "a red fox"
+
+
+@pytest.mark.parametrize("weights", ["resident", "swap"])
+def test_the_studio_places_variant_weights_as_weights_says(monkeypatch, weights):
+    """--weights reaches the engine the studio serves: the shapes students' copies wait where it says (the live 2-step
+    set's in host memory, its weights being in the UNet)."""
+    import uvicorn
+
+    import pipelines
+
+    monkeypatch.delenv("STUDIO_ARGS", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    engines = []
+    real_load = pipelines.load_engine
+    monkeypatch.setattr(pipelines, "load_engine", lambda **kwargs: engines.append(real_load(**kwargs)) or engines[-1])
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # start, then return as if the server had stopped
+    assert app.main(["--model", "shapes", "--device", "cpu", "--variants", "1", "2", "4", "--weights", weights]) == 0
+    assert engines[0].memory()["weights"]["homes"] == {"1": weights, "2": "swap", "4": weights}
