@@ -38,6 +38,7 @@ if [[ $part == serve || $part == all ]]; then
   MAX_BATCH=${MAX_BATCH:-1}          # compile warms batch sizes 1..MAX_BATCH per size: ~100 s each for SDXL
   SECONDS_TYPING=${SECONDS_TYPING:-10}
   PORT=${PORT:-7871}
+  WEIGHTS=${WEIGHTS:-}               # empty: the studio's memory plan places the variants; resident | swap forces it
   scratch=$(mktemp -d)
   serve="$OUT/serve-$BASE-$gpu"
   mkdir -p "$serve"
@@ -68,7 +69,7 @@ PY
   export STUDIO_CACHE="$scratch/studio-cache" TORCHINDUCTOR_CACHE_DIR="$scratch/inductor-cache"  # empty: the first start is cold
   url="http://127.0.0.1:$PORT"
   for start in cold warm; do
-    python -m realtime --model "$model" --device "$DEVICE" --backend "$BACKEND" --max-batch "$MAX_BATCH" --port "$PORT" \
+    python -m realtime --model "$model" --device "$DEVICE" --backend "$BACKEND" --max-batch "$MAX_BATCH" --port "$PORT" ${WEIGHTS:+--weights "$WEIGHTS"} \
         > "$serve/studio-$start.log" 2>&1 &
     studio=$!
     # Seconds from launch to the first 200 from /healthz (model load, plan, warm-up), and /healthz's own warmup_seconds.
