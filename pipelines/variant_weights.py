@@ -31,7 +31,7 @@ class VariantWeights:
     before any LoRA wraps a layer: peft keeps the original Parameter objects inside its wrappers."""
 
     def __init__(self, unet: torch.nn.Module, loaded: dict[str, dict[str, torch.Tensor]], steps_to_set: dict[int, str], live: str):
-        self.unet, self.steps_to_set, self.live = unet, steps_to_set, live
+        self.steps_to_set, self.live = steps_to_set, live
         named = dict(unet.named_parameters())
         self.params = list(named.values())
         for name, state in loaded.items():
@@ -52,13 +52,13 @@ class VariantWeights:
         """Give every set its home in the layout of the module's parameters (call after the backend has laid the module
         out, e.g. channels_last, so a switch is a plain same-stride copy), then load the live set into the module."""
         device = self.params[0].device
-        for name, tensors in self._loaded.items():
+        while self._loaded:  # one set at a time, each loaded copy freed once its home holds it
+            name, tensors = self._loaded.popitem()
             where = "swap" if name == self.live else placement.get(name, "resident")
             if where not in PLACEMENTS:
                 raise InvalidModel(f"weights placement must be one of {PLACEMENTS}, got {where!r}")
             self.placement[name] = where
             self.homes[name] = [_home_like(p, source, where, device) for p, source in zip(self.params, tensors)]
-        self._loaded = {}
         self.current = None
         self.use_set(self.live)
         self.swaps, self.swap_ms_total, self.last_swap_ms = 0, 0.0, None  # the initial load is not a swap
