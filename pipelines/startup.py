@@ -1,6 +1,7 @@
 """load_engine: pick device, precision and model, load, compile, and say plainly what runs and why."""
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -137,8 +138,9 @@ def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
 
 def _plan(spec, device: torch.device, dtype: torch.dtype, o: LoadOptions, size: int):
     """On CUDA, the memory plan for the memory free now (pipelines.memory_plan); None elsewhere. A plan that does not
-    fit is logged with its advice and followed anyway: the allowance in it is an estimate."""
-    if device.type != "cuda":
+    fit is logged with its advice and followed anyway: the allowance in it is an estimate. None on ZeroGPU, where CUDA
+    is only real inside a spaces.GPU call: there the placement is resident unless --weights says otherwise."""
+    if device.type != "cuda" or os.environ.get("SPACES_ZERO_GPU"):
         return None
     free, _ = torch.cuda.mem_get_info(device)
     footprint = memory_plan.measure(spec, dtype, o.max_batch, [(size, size)], o.preview_vae or "full")
