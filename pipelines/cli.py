@@ -1,4 +1,5 @@
-"""python -m pipelines generate|bench — image generation and the side-by-side benchmark from the command line."""
+"""python -m pipelines generate|bench|plan — image generation, the side-by-side benchmark and the GPU memory plan from
+the command line."""
 
 import argparse
 import sys
@@ -21,6 +22,16 @@ EPILOG_BENCH = """example (GPU, the issue's configuration):
   python -m pipelines bench --model random-sdxl --device cuda --size 1024 --steps 1 2 --batch 1 4 \\
       --backend eager compile --vae full tiny --json docs/benchmarks/h100.json
 """
+EPILOG_PLAN = """examples (no GPU and no weights needed):
+  python -m pipelines plan --model lightning --vram 24 --json plan.json     (an RTX 4090 / L4 / A10G)
+  python -m pipelines plan --model lightning --vram 16 --preview-vae tiny   (a T4)
+  python -m pipelines plan --model shapes --vram 4
+exit status 0 when the plan fits, 1 when it does not (the line says what to change)
+"""
+WEIGHTS_HELP = (
+    "where the variants' own UNet weights wait: resident (a copy each on the device: fastest switch) or swap (host memory, "
+    "pinned on CUDA, copied into the one UNet module in place when used); default: the memory plan's choice on CUDA, resident elsewhere"
+)
 MODEL_HELP = (
     "shapes (the embedded model trained on a world of coloured shapes, 128 px, offline), tiny (offline, built in code; pictures are noise), "
     "lightning (SDXL-Lightning full UNets, 1/2/4/8 steps), "
@@ -66,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the decoders' precision (default: the model's); bfloat16 decodes ~1.5x faster on CPUs with native bf16",
     )
+    gen.add_argument("--weights", choices=("resident", "swap"), default=None, help=WEIGHTS_HELP)
     gen.add_argument(
         "--out", default=DEFAULT_OUT, help=f"a .png, .jpg or .webp file, or an existing folder to write {DEFAULT_OUT} into (default {DEFAULT_OUT})"
     )
@@ -90,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed repetitions per row before timing")
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers on a busy machine")
     bench.add_argument("--json", type=Path, default=None, help="write the results here")
+
+    plan = commands.add_parser(
+        "plan",
+        help="will a model fit a GPU, and where its variants' weights should live",
+        epilog=EPILOG_PLAN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Exact weight bytes from the model's configs (meta device), activations at the largest batch and size (fake tensors), "
+        "and a placement of every variant's weights: resident on the GPU or swapped in from pinned host memory. See docs/deploy.md.",
+    )
+    plan.add_argument("--model", default="lightning", help=MODEL_HELP)
+    plan.add_argument("--base", default=None, help="SDXL base for lightning / lightning-lora")
+    plan.add_argument("--variants", type=int, nargs="+", default=None, help="step counts to load (default: all the model offers)")
+    plan.add_argument("--vram", type=float, default=None, help="the card's memory in GiB (default: this machine's first CUDA GPU)")
+    plan.add_argument("--max-batch", type=int, default=4, help="most requests per engine call (the studio's --max-batch; default 4)")
+    plan.add_argument("--sizes", nargs="+", default=None, help="served sizes as WxH or N (default: the model's own size)")
+    plan.add_argument("--preview-vae", choices=("full", "tiny"), default="full", help="the live stream's decoder (the studio's --preview-vae)")
+    plan.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    plan.add_argument("--weights", choices=("resident", "swap"), default=None, help="force a placement instead of choosing one")
+    plan.add_argument("--json", type=Path, default=None, help="write the plan here (fits, vram_bytes, predicted_peak_bytes, variants, ...)")
     return parser
 
 
@@ -159,6 +190,7 @@ def generate(args) -> None:
         base=args.base,
         preview_vae="tiny" if args.vae == "tiny" else None,
         decode_dtype=args.decode_dtype,
+        weights=args.weights,
     )
     if engine.notice:
         print(engine.notice, file=sys.stderr)
@@ -214,11 +246,39 @@ def bench(args) -> None:
         print(f"wrote {args.json}")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """ "1216x832" -> (1216, 832); "1024" -> (1024, 1024)."""
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height or width)
+
+
+def plan(args) -> int:
+    import torch
+
+    from . import memory_plan, startup
+
+    spec = variants.resolve(args.model, args.base, tuple(args.variants) if args.variants else None).restricted_to(args.variants)
+    if args.vram is not None:
+        vram = int(args.vram * memory_plan.GIB)
+    elif torch.cuda.is_available():
+        vram = torch.cuda.mem_get_info()[1]
+    else:
+        raise InvalidModel("no CUDA GPU here: give the card's memory with --vram GIB (e.g. --vram 24)")
+    size = spec.sizes()[1]
+    sizes = [parse_size(s) for s in args.sizes] if args.sizes else [(size, size)]
+    footprint = memory_plan.measure(spec, startup.DTYPES[args.dtype], args.max_batch, sizes, args.preview_vae)
+    result = memory_plan.make_plan(footprint, vram, args.weights)
+    print(result.summary())
+    if args.json:
+        memory_plan.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0 if result.fits else 1
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": generate, "bench": bench}[args.command](args)
+        return {"generate": generate, "bench": bench, "plan": plan}[args.command](args) or 0
     except StudioError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0

@@ -1,14 +1,16 @@
 """load_engine: pick device, precision and model, load, compile, and say plainly what runs and why."""
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
 
-from . import backends, variants
+from . import backends, memory_plan, variants
 from .engine import Engine
 from .errors import InvalidModel, WeightsUnavailable
 from .loading import load_model
+from .variant_weights import PLACEMENTS, weight_set
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -42,12 +44,20 @@ def load_engine(
     decode_dtype: str | None = None,
     check_finite: bool = True,
     compiler: str = "inductor",
+    weights: str | None = None,
+    max_batch: int = 4,
 ) -> Engine:
-    """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup())."""
+    """Load a model's variants, wrap them for `backend`, and return the engine (not yet warm: call warmup()).
+
+    `weights` places the variants' own UNet weights: "resident" (a copy each on the device), "swap" (in host memory,
+    copied into the one UNet module when used) or None: on CUDA the memory plan decides from the free memory and
+    `max_batch`, elsewhere resident."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidModel("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    options = LoadOptions(device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, decode_dtype)
+    options = LoadOptions(
+        device, tuple(steps) if steps else None, backend, preview_vae, dtype, base, compile_cache, check_finite, compiler, decode_dtype, weights, max_batch
+    )
     if model is not None:
         return _load(model, options)
     model, notice = default_model(device)
@@ -77,9 +87,13 @@ class LoadOptions:
     check_finite: bool
     compiler: str
     decode_dtype: str | None = None  # the decoders' own precision (None: the model's)
+    weights: str | None = None  # "resident" | "swap" | None (the memory plan's choice on CUDA, else resident)
+    max_batch: int = 4  # what the memory plan sizes activations for
 
 
 def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
+    if o.weights not in (None, *PLACEMENTS):
+        raise InvalidModel(f"weights must be one of {', '.join(PLACEMENTS)}, got {o.weights!r}")
     if o.preview_vae not in (None, "full", "tiny"):
         raise InvalidModel(f"preview_vae must be 'full' or 'tiny', got {o.preview_vae!r}")
     for name, value in (("dtype", o.dtype), ("decode_dtype", o.decode_dtype)):
@@ -91,10 +105,12 @@ def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
 
     cache = backends.cache_file(f"{model}|{backend}|{device}|{torch_dtype}") if backend == "compile" and o.compile_cache else None
     cache_loaded = cache is not None and backends.load_compiled_artifacts(cache)
-    loaded = load_model(spec, device, torch_dtype, o.preview_vae == "tiny")
     size_limits, default_size = spec.sizes()
     if notice:
         notice = notice.replace("{description}", spec.description or spec.name)
+    plan = _plan(spec, device, torch_dtype, o, default_size)  # from the memory free before any weight is loaded
+    placement = plan.placement() if plan else {name: o.weights for name in map(weight_set, spec.variants) if o.weights}
+    loaded = load_model(spec, device, torch_dtype, o.preview_vae == "tiny")
     engine = Engine(
         loaded,
         backend,
@@ -106,7 +122,22 @@ def _load(model: str, o: LoadOptions, notice: str | None = None) -> Engine:
         compile_cache=cache,
         compile_cache_loaded=cache_loaded,
         decode_dtype=DTYPES[o.decode_dtype] if o.decode_dtype else None,
+        placement=placement,
+        plan=plan,
     )
     if o.preview_vae == "tiny":
         engine.default_vae = "tiny"
     return engine
+
+
+def _plan(spec, device: torch.device, dtype: torch.dtype, o: LoadOptions, size: int):
+    """On CUDA, the memory plan for the memory free now (pipelines.memory_plan); None elsewhere. A plan that does not
+    fit is logged with its advice and followed anyway: the allowance in it is an estimate. None on ZeroGPU, where CUDA
+    is only real inside a spaces.GPU call: there the placement is resident unless --weights says otherwise."""
+    if device.type != "cuda" or os.environ.get("SPACES_ZERO_GPU"):
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    footprint = memory_plan.measure(spec, dtype, o.max_batch, [(size, size)], o.preview_vae or "full")
+    plan = memory_plan.make_plan(footprint, free, o.weights, card=False)
+    (log.info if plan.fits else log.warning)("%s", plan.summary())
+    return plan

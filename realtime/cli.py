@@ -53,6 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("float16", "bfloat16", "float32"),
         help="the decoders' precision (default: the model's); bfloat16 decodes ~1.5x faster on CPUs with native bf16",
     )
+    p.add_argument(
+        "--weights",
+        choices=("resident", "swap"),
+        default=None,
+        help="where variants' own UNet weights wait: resident (a device copy each) or swap (pinned host memory, copied into the one UNet in place); "
+        "default: the memory plan's choice on CUDA (printed at start), resident on the CPU",
+    )
     p.add_argument("--max-clients", type=_positive, default=64)
     p.add_argument("--max-batch", type=_positive, default=4, help="most same-variant, same-size requests per engine call")
     p.add_argument("--preview-vae", choices=("tiny", "full"), default=None, help="decoder for the live stream (Compare steps always uses the full VAE)")
@@ -95,6 +102,8 @@ def main(argv=None) -> int:
             dtype=args.dtype,
             base=args.base,
             decode_dtype=args.decode_dtype,
+            weights=args.weights,
+            max_batch=args.max_batch,
         )
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -118,6 +127,8 @@ def main(argv=None) -> int:
         allowed_hosts=tuple(args.allowed_hosts),
     )
     studio = Studio(engine, config)
+    if engine.plan is not None:
+        print(engine.plan.summary(), flush=True)
     print(studio.notice, flush=True)
     if args.host in WILDCARD_ADDRESSES and not args.allowed_hosts and not os.environ.get("SPACE_HOST"):  # Spaces: its host is allowed
         print(f"listening on every interface: other machines open http://<this machine's IP>:{args.port}; for a host name, add --allowed-hosts NAME")

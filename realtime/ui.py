@@ -136,17 +136,19 @@ def compare_steps(studio, prompt, seed, size):
 
 def latency_table(engine, results) -> str:
     """Compare's table: per variant its label, its measured adherence where the manifest has one, and the time of each
-    stage that ran ("cached" for the text encoders when the prompt's embeddings were cached)."""
+    stage that ran ("cached" for the text encoders when the prompt's embeddings were cached). A "swap" column (copying a
+    variant's weights into the one UNet module) appears when any variant swapped; "–" where one did not."""
     measured = bool(engine.adherence)
+    stages = ["text"] + (["swap"] if any("swap" in r.timings_ms for r in results) else []) + ["denoise", "decode", "total"]
     rows = [
-        "| steps | variant | " + ("adherence | " if measured else "") + "text | denoise | decode | total |",
-        "|---:|---|" + ("---:|" if measured else "") + "---:|---:|---:|---:|",
+        "| steps | variant | " + ("adherence | " if measured else "") + " | ".join(stages) + " |",
+        "|---:|---|" + ("---:|" if measured else "") + "---:|" * len(stages),
     ]
     for r in results:
         n, t = r.request.steps, r.timings_ms
         cells = [str(n), engine.labels.get(n, "")]
         cells += [f"{engine.adherence[n]:.0%}" if n in engine.adherence else "–"] if measured else []
-        cells += [f"{t[k]:.0f} ms" if k in t else "cached" for k in ("text", "denoise", "decode", "total")]
+        cells += [f"{t[k]:.0f} ms" if k in t else ("cached" if k == "text" else "–") for k in stages]
         rows.append("| " + " | ".join(cells) + " |")
     if measured and engine.adherence_measure:
         rows.append(f"\nAdherence: {html.escape(engine.adherence_measure)}.")

@@ -126,6 +126,7 @@ def test_warmup_and_memory_report(tiny_engine):
     memory = tiny_engine.memory()
     assert memory["unet_1+2+4+8step"] == sum(p.numel() * 4 for p in tiny_engine.pipe.unet.parameters())
     assert memory["parameters_total"] == sum(v for k, v in memory.items() if k != "parameters_total")
+    assert "weights" not in memory  # one weight set: nothing to swap
 
 
 def test_decoders_in_bfloat16_draw_the_fp32_picture_and_leave_the_pipelines_vae_alone():

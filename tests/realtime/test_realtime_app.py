@@ -82,3 +82,21 @@ def test_on_zerogpu_renders_run_inside_the_spaces_gpu_function_not_on_the_worker
     assert "rendered: a red fox" in hud and studio.engine.calls[0][0].prompt == "a red fox"
     _, hud = _gradio_renderer(studio)("", 3, 1, 64)  # an empty box draws its placeholder, as the WebSocket page does
     assert studio.engine.calls[1][0].prompt == placeholder_prompt(studio.engine) and hud.endswith(f"rendered: {placeholder_prompt(studio.engine)}")
+
+
+@pytest.mark.parametrize("weights", ["resident", "swap"])
+def test_the_studio_places_variant_weights_as_weights_says(monkeypatch, weights):
+    """--weights reaches the engine the studio serves: the shapes students' copies wait where it says (the live 2-step
+    set's in host memory, its weights being in the UNet)."""
+    import uvicorn
+
+    import pipelines
+
+    monkeypatch.delenv("STUDIO_ARGS", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    engines = []
+    real_load = pipelines.load_engine
+    monkeypatch.setattr(pipelines, "load_engine", lambda **kwargs: engines.append(real_load(**kwargs)) or engines[-1])
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # start, then return as if the server had stopped
+    assert app.main(["--model", "shapes", "--device", "cpu", "--variants", "1", "2", "4", "--weights", weights]) == 0
+    assert engines[0].memory()["weights"]["homes"] == {"1": weights, "2": "swap", "4": weights}
