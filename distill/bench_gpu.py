@@ -51,7 +51,7 @@ def bench_phase(accelerator, base, stage, batch, resolution, lora_rank, weight_d
     student = copy.deepcopy(base).to(device)
     if checkpointing:
         student.enable_gradient_checkpointing()
-    student = shape_student(student, stage, 0, lora_rank, weight_dtype, seed=0)
+    student, _ = shape_student(student, stage, 0, lora_rank, weight_dtype, seed=0)
     if phase.params == "lora":
         teacher, ctx = student, teacher_context
     else:

@@ -9,6 +9,11 @@ def mse_loss(student_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(student_out.float(), target.float())
 
 
+def annealed_weight(weight: float, step: int, steps: int) -> float:
+    """lambda_k = lambda (1 - k / steps): the teacher-regression anchor's weight at step k of a phase, linear to 0."""
+    return weight * (1 - step / steps)
+
+
 def d_loss_nonsaturating(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """L_D = -log D(real) - log(1 - D(fake)) with D = sigmoid(logit): softplus(-real) + softplus(fake), batch means."""
     return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()

@@ -69,3 +69,13 @@ def training_timesteps(student_steps: int) -> list[int]:
     """Timesteps the student trains at: its own trailing grid, except that 1- and 2-step students train at the
     4-step grid [999, 749, 499, 249] (the paper's {250, 500, 750, 1000}) for stability."""
     return teacher_grid(max(student_steps, 4))
+
+
+def draw_timesteps(grid: list[int], batch: int, generator, terminal_share: float | None = None) -> torch.Tensor:
+    """One training timestep per sample (B,): uniform over `grid`; or, with terminal_share = p, grid[0] (t = 999,
+    where a 1-step student runs) with probability p and uniform over the rest of the grid otherwise."""
+    if terminal_share is None:
+        return torch.as_tensor(grid)[torch.randint(len(grid), (batch,), generator=generator)]
+    terminal = torch.rand(batch, generator=generator) < terminal_share
+    rest = torch.as_tensor(grid[1:] or grid[:1])
+    return torch.where(terminal, grid[0], rest[torch.randint(len(rest), (batch,), generator=generator)])

@@ -51,3 +51,19 @@ def teacher_solve(
     denoiser = Denoiser(unet, prediction_type, cond, guidance_scale, uncond)
     x = sample_euler(denoiser, to_sigma_space(x_t.float(), sigmas[0]), path[:-1], sigmas)
     return to_variance_preserving(x, sigmas[-1]).to(x_t.dtype)
+
+
+@torch.no_grad()
+def teacher_solve_per_sample(
+    unet, x_t, t, t_end, teacher_steps: int, cond: dict, alphas_bar, prediction_type: str = "epsilon", guidance_scale: float = 1.0, uncond: dict | None = None
+) -> torch.Tensor:
+    """teacher_solve for a batch whose samples start (t) and end (t_end, both (B,)) at different timesteps: one solve
+    per distinct (t, t_end) pair over the samples that share it, results put back in batch order. (A solve path is
+    one list of timesteps, so a batch cannot mix them in one call.)"""
+    t, t_end = (torch.as_tensor(v, device=x_t.device).reshape(-1).expand(len(x_t)) for v in (t, t_end))
+    out = torch.empty_like(x_t)
+    for start, end in torch.unique(torch.stack([t, t_end], dim=1), dim=0).tolist():
+        rows = ((t == start) & (t_end == end)).nonzero().squeeze(1)
+        pick = lambda c: {k: v[rows] for k, v in c.items()}  # noqa: E731
+        out[rows] = teacher_solve(unet, x_t[rows], start, end, teacher_steps, pick(cond), alphas_bar, prediction_type, guidance_scale, uncond and pick(uncond))
+    return out

@@ -1,6 +1,7 @@
 """A stage's models and artefacts: the base components, the student each stage starts from and saves, its
 structure per phase (LoRA added, merged onto fp32 weights), and the files a finished stage leaves in
-<output_dir>/stages/<name>/ (unet/, lora.safetensors, lora_student/, stage.json with its lineage).
+<output_dir>/stages/<name>/ (unet/, lora.safetensors, lora_student/, stage.json with its lineage and D's
+held-out accuracy per adversarial phase).
 """
 
 import copy
@@ -60,9 +61,11 @@ def prediction_type_of(config: Config, source: str) -> str:
     return "epsilon" if source == "base" else next(s.prediction_type for s in config.stages if s.name == source)
 
 
-def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: int):
+def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: int, fp32_base: dict | None = None):
     """Give the student phase j's structure: a LoRA at a stage's first LoRA phase, merged (fp32) at the first full
-    phase after it; trainable weights in fp32, a LoRA phase's frozen base in the compute dtype."""
+    phase after it; trainable weights in fp32, a LoRA phase's frozen base in the compute dtype.
+    -> (student, fp32_base): the stage's fp32 starting weights under the LoRA (None outside LoRA phases), which the
+    caller keeps and hands back, so the merge lands on them."""
     phase = stage.phases[j]
     if phase.params == "lora" and (j == 0 or stage.phases[j - 1].params != "lora"):
         with torch.random.fork_rng(devices=[]):  # LoRA A's init must not depend on what ran before (resume)
@@ -70,23 +73,22 @@ def shape_student(student, stage, j: int, lora_rank: int, weight_dtype, seed: in
             add_lora(student, rank=lora_rank)
         # The frozen base runs in the compute dtype below, but the merge must land on the stage's fp32 starting
         # weights: merging onto a bf16-rounded base would erase the small updates of the previous full phases.
-        student.fp32_base = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in student.named_parameters() if not p.requires_grad}
+        fp32_base = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in student.named_parameters() if not p.requires_grad}
     if phase.params == "full" and j > 0 and stage.phases[j - 1].params == "lora":
-        student = merge_onto_fp32_base(student)
+        student, fp32_base = merge_onto_fp32_base(student, fp32_base), None
     if phase.params == "full":
-        return student.float().requires_grad_(True)
+        return student.float().requires_grad_(True), fp32_base
     for p in student.parameters():  # per parameter, so the LoRA weights never pass through the compute dtype
         p.data = p.data.float() if p.requires_grad else p.data.to(weight_dtype)
-    return student
+    return student, fp32_base
 
 
-def merge_onto_fp32_base(student):
+def merge_onto_fp32_base(student, fp32_base: dict):
     """The LoRA student as one plain fp32 UNet: the stage's fp32 starting weights put back under the adapters (the
     frozen base may have run in bf16), then the LoRA merged into them."""
     for name, p in student.named_parameters():
-        if name in student.fp32_base:
-            p.data = student.fp32_base[name].to(p.device)
-    del student.fp32_base
+        if name in fp32_base:
+            p.data = fp32_base[name].to(p.device, copy=True)  # a copy: the caller may merge a deepcopy first
     return merge_lora(student.float())
 
 
@@ -125,7 +127,7 @@ def save_unet(folder: Path, unet):
         unet.float().save_pretrained(tmp, safe_serialization=True)
 
 
-def save_stage(config: Config, index: int, student):
+def save_stage(config: Config, index: int, student, d_heldout_accuracy: dict):
     stage = config.stages[index]
     folder = stage_dir(config, stage.name)
     save_unet(folder / "unet", student)
@@ -138,5 +140,6 @@ def save_stage(config: Config, index: int, student):
         "lora_file": "lora.safetensors" if (folder / "lora.safetensors").is_file() else None,
         "lora_rank": config.train.lora_rank,
         "lineage": lineage(config, index),
+        "d_heldout_accuracy": d_heldout_accuracy,  # per adversarial phase: D's accuracy on fresh pairs at its end
     }
     checkpoint.atomic_write_text(folder / "stage.json", json.dumps(info, indent=1))

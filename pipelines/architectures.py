@@ -75,10 +75,10 @@ def load_tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer]:
 
 def base_scheduler() -> EulerDiscreteScheduler:
     """SDXL base 1.0's scheduler config; variants derive their own settings from it."""
-    return EulerDiscreteScheduler.from_config(_read_config("scheduler"))
+    return EulerDiscreteScheduler.from_config(read_config("scheduler"))
 
 
-def _read_config(name: str) -> dict:
+def read_config(name: str) -> dict:
     return json.loads((SDXL_CONFIGS / f"{name}.json").read_text())
 
 
@@ -106,7 +106,7 @@ def tiny_components(seed: int = 0) -> dict:
 
 def sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
     """The SDXL base UNet architecture (2.567 B parameters) with random weights."""
-    return _seeded(seed, 0, lambda: UNet2DConditionModel.from_config(_read_config("unet")))
+    return _seeded(seed, 0, lambda: UNet2DConditionModel.from_config(read_config("unet")))
 
 
 def random_sdxl_components(seed: int = 0) -> dict:
@@ -114,14 +114,14 @@ def random_sdxl_components(seed: int = 0) -> dict:
     tokenizer, tokenizer_2 = load_tokenizers()
 
     def text_config(name):
-        config = _read_config(name)
+        config = read_config(name)
         config.pop("architectures")
         return CLIPTextConfig(**config)
 
     return dict(
         unet=sdxl_unet(seed),
-        vae=_seeded(seed, 1, lambda: AutoencoderKL.from_config(_read_config("vae"))),
-        vae_tiny=_seeded(seed, 2, lambda: AutoencoderTiny.from_config(_read_config("vae_tiny"))),
+        vae=_seeded(seed, 1, lambda: AutoencoderKL.from_config(read_config("vae"))),
+        vae_tiny=_seeded(seed, 2, lambda: AutoencoderTiny.from_config(read_config("vae_tiny"))),
         text_encoder=_seeded(seed, 3, lambda: CLIPTextModel(text_config("text_encoder"))),
         text_encoder_2=_seeded(seed, 4, lambda: CLIPTextModelWithProjection(text_config("text_encoder_2"))),
         tokenizer=tokenizer,

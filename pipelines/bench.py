@@ -47,6 +47,7 @@ def median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
 def stock_pipeline(engine, steps: int) -> StableDiffusionXLPipeline:
     """The model-card recipe on the engine's own weights: trailing Euler for this variant, eager modules in PyTorch's
     default memory layout (loading them into an engine made them channels_last, which stock diffusers does not do)."""
+    engine.hold(steps)  # the variant's weights in the shared UNet
     for module in (*engine.pipe.components.values(), engine.model.unets[steps]):
         if isinstance(module, torch.nn.Module):
             module.to(memory_format=torch.contiguous_format)
@@ -74,6 +75,7 @@ def bench_stock(engine, steps, batch, size, repeats, warmup) -> float:
     guidance = engine.model.spec.variant(steps).guidance_scale  # 0 for Lightning; the shapes base model's reference: 5
 
     def run(i):
+        engine.hold(steps)  # the engine's rows may have swapped other weights in since
         generators = [torch.Generator("cpu").manual_seed(b) for b in range(batch)]
         pipe(
             [f"{PROMPT} #{next(_PROMPT_IDS)}" for b in range(batch)],

@@ -92,6 +92,8 @@ class Engine:
         compile_cache=None,
         compile_cache_loaded: bool = False,
         decode_dtype: torch.dtype | None = None,
+        placement: dict[str, str] | None = None,
+        plan=None,
     ):
         self.model, self.backend, self.notice = model, backend, notice
         self.pipe, self.device, self.dtype = model.pipe, model.device, model.dtype
@@ -105,14 +107,18 @@ class Engine:
         # new shape grows the process's memory (docs/benchmarks.md §2d), which must happen at start, not in service.
         self.pad_batches = backend != "eager"
         self.batch_buckets = buckets_up_to(max_batch) if self.pad_batches else tuple(range(1, max_batch + 1))
-        # One generate call at a time: denoise switches the shared UNet's LoRA adapters, and a second caller (a
-        # Gradio handler beside the worker) must not switch them mid-call.
+        # One generate call at a time: it swaps variant weights into the shared UNet and denoise switches LoRA
+        # adapters, and a second caller (a Gradio handler beside the worker) must not switch them mid-call.
         self._lock = threading.Lock()
         self.model_name, self.description, self.examples = model.spec.name, model.spec.description, model.spec.examples
         # The variant the live stream types with: the model's choice if loaded, else the fewest steps.
-        self.live_steps = model.spec.live_steps if model.spec.live_steps in self.steps else self.steps[0]
+        self.live_steps = model.spec.default_steps
+        self.plan = plan  # the memory plan the weights were placed by (pipelines.memory_plan), when one was made
         self.reference_steps = model.spec.reference_steps if model.spec.reference_steps in self.steps else None
         self.guidance = {n: model.spec.variant(n).guidance_scale for n in self.steps if model.spec.variant(n).guided}
+        self.labels = model.spec.labels()  # "reference", "live", "experimental" per step count, for the page and CLI
+        self.adherence = {v.steps: v.adherence for v in model.spec.variants if v.adherence is not None}
+        self.adherence_measure = model.spec.adherence_measure
         self.prompt_cache, self.noise_cache = LRUCache(prompt_cache_size), LRUCache(noise_cache_size)
         encoder_log = logging.getLogger(type(self.pipe).encode_prompt.__module__)  # where encode_prompt logs from
         if drop_truncated_text not in encoder_log.filters:
@@ -127,13 +133,12 @@ class Engine:
             timesteps, sigmas = sampling.trailing_schedule(steps, alphas_bar)
             guidance = variant.guidance_scale if variant.guided else None
             self.schedules[steps] = (variant.prediction_type, timesteps.to(self.device), sigmas, guidance)
-        if backend != "eager":  # at most one graph per declared shape and distinct UNet (Dynamo shares them when it can)
-            backends.allow_graphs(len(self.sizes) * len(self.batch_buckets) * len({id(u) for u in model.unets.values()}))
-        compiled = {}  # LoRA variants share one UNet: compile each distinct module once
-        for unet in model.unets.values():
-            if id(unet) not in compiled:
-                compiled[id(unet)] = backends.prepare(unet, backend, self.device, compiler)
-        self.run_unet = {steps: compiled[id(unet)] for steps, unet in model.unets.items()}
+        if backend != "eager":  # one graph per declared size and batch bucket of the one UNet module
+            backends.allow_graphs(len(self.sizes) * len(self.batch_buckets))
+        unet = backends.prepare(self.pipe.unet, backend, self.device, compiler)  # every variant runs on this one module
+        self.run_unet = {steps: unet for steps in self.steps}
+        if model.weights is not None:  # homes laid out like the prepared module's parameters, so a swap is a plain copy
+            model.weights.arrange(placement or {})
         decoders = {"full": self.pipe.vae, "tiny": model.vae_tiny}
         self.run_decode = {
             name: backends.prepare(_Decoder(_in_dtype(vae, decode_dtype)), backend, self.device, compiler) for name, vae in decoders.items() if vae is not None
@@ -170,12 +175,14 @@ class Engine:
             groups.setdefault(request.batch_key, []).append(index)
         largest = self.batch_buckets[-1] if self.pad_batches else len(requests)
         results: list[GenerationResult | None] = [None] * len(requests)
-        with self._lock:
+        with self._lock:  # weight swaps and adapter switches included
             for group in groups.values():
                 for start in range(0, len(group), largest):
                     indices = group[start : start + largest]
                     for i, result in zip(indices, self._generate_batch([requests[i] for i in indices], vae, output_type)):
                         results[i] = result
+            if len({r.steps for r in requests}) > 1:
+                self.hold(self.live_steps)  # a call across variants (Compare) leaves the live weights loaded
         return results
 
     @torch.inference_mode()
@@ -186,8 +193,14 @@ class Engine:
         served = len(batch)
         if self.pad_batches:  # pad with copies of the last request; their images are dropped below
             batch = batch + batch[-1:] * (bucket_for(served, self.batch_buckets) - served)
+        cached = all(r.prompt in self.prompt_cache for r in batch)
         with timer.stage("text"):
             embeds, pooled = self._prompt_embeddings([r.prompt for r in batch])
+        if cached:  # no encoder ran: timings list only the stages that did
+            del timer.ms["text"]
+        swap_ms = self.hold(steps)
+        if swap_ms:  # only calls that swapped weights report (and feed /metrics) a "swap" stage
+            timer.ms["swap"] = swap_ms
         with timer.stage("denoise"):
             latents = self.denoise(steps, self._initial_noise(batch), embeds, pooled, height, width)
         self._raise_if_nonfinite(latents, batch, "latents")
@@ -200,8 +213,13 @@ class Engine:
         timer.ms["total"] = (time.perf_counter() - start) * 1000
         return [GenerationResult(r, image, dict(timer.ms), self.count_tokens(r.prompt)[1], served) for r, image in zip(batch[:served], images)]
 
+    def hold(self, steps: int) -> float:
+        """Load `steps`' weights into the shared UNet in place; -> milliseconds spent (0 when they are already there,
+        or when the model has one weight set, the LoRA variants' adapters switching in denoise instead)."""
+        return self.model.weights.use(steps) if self.model.weights is not None else 0.0
+
     def denoise(self, steps: int, noise: torch.Tensor, embeds, pooled, height: int, width: int) -> torch.Tensor:
-        """Trailing Euler from pure noise to x0 with the variant's UNet (pipelines.sampling.sample_from_noise, the
+        """Trailing Euler from pure noise to x0 with the variant's UNet (its weights already swapped in) (pipelines.sampling.sample_from_noise, the
         sampler distill validates with); latents stay fp32 between steps as in diffusers. A guided variant runs the
         unconditional half (zeroed embeddings, as SDXL's force_zeros_for_empty_prompt) and the conditional half as one
         doubled batch, like StableDiffusionXLPipeline."""
@@ -266,6 +284,7 @@ class Engine:
                     for vae in vaes or [self.default_vae]:
                         requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
                         self.generate(requests, vae=vae)
+        self.hold(self.live_steps)  # at rest the UNet holds the live variant's weights
         if self.compile_cache is not None:
             backends.save_compiled_artifacts(self.compile_cache)  # the next start skips most compilation
         self.warmup_seconds = time.perf_counter() - start
@@ -273,17 +292,21 @@ class Engine:
         return self.warmup_seconds
 
     def memory(self) -> dict:
-        """Parameter bytes per resident module and, on CUDA, the allocator's view."""
+        """Parameter bytes per module on the device (the one UNet module and, with several weight sets, their copies
+        kept on the device), where each variant's weights live ("weights"), and, on CUDA, the allocator's view."""
         modules = {"text_encoder": self.pipe.text_encoder, "text_encoder_2": self.pipe.text_encoder_2, "vae": self.pipe.vae}
         if self.model.vae_tiny is not None:
             modules["vae_tiny"] = self.model.vae_tiny
-        shared: dict[int, list[int]] = {}  # one entry per resident UNet, named by the step counts it serves
-        for steps, unet in sorted(self.model.unets.items()):
-            shared.setdefault(id(unet), []).append(steps)
-        for steps_served in shared.values():
-            modules["unet_" + "+".join(map(str, steps_served)) + "step"] = self.model.unets[steps_served[0]]
+        modules["unet_" + "+".join(map(str, self.steps)) + "step"] = self.pipe.unet
         report = {name: _param_bytes(m) for name, m in modules.items()}
+        weights = self.model.weights.report() if self.model.weights is not None else None
+        if weights is not None:
+            report["unet_device_copies"] = weights["device_copies_bytes"]
         report["parameters_total"] = sum(report.values())
+        if weights is not None:
+            report["weights"] = weights
+        if self.plan is not None:  # what the plan predicted, beside what the allocator saw
+            report["plan"] = {key: getattr(self.plan, key) for key in ("fits", "budget_bytes", "predicted_peak_bytes")}
         if self.device.type == "cuda":
             report["cuda_allocated"] = torch.cuda.memory_allocated(self.device)
             report["cuda_reserved"] = torch.cuda.memory_reserved(self.device)

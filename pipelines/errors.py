@@ -23,3 +23,10 @@ class BackendUnavailable(StudioError):
 
 class NonFiniteOutput(StudioError):
     """The model produced NaN/Inf: reported instead of returning a black image."""
+
+
+def capped(value, limit: int = 64) -> str:
+    """A value echoed in an error message, cut to `limit` characters with an ellipsis: a pasted paragraph or a
+    4,000-digit number must not come back in full."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

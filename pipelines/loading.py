@@ -1,5 +1,6 @@
-"""Turn a ModelSpec into resident modules: one StableDiffusionXLPipeline holding the shared components, plus a
-UNet (or a LoRA adapter on the base UNet) per step variant. Safetensors only; never pickle.
+"""Turn a ModelSpec into resident modules: one StableDiffusionXLPipeline holding the shared components and ONE UNet
+module that every step variant runs on: variants with their own full UNet weights swap them into it in place
+(pipelines.variant_weights), LoRA variants switch adapters on it. Safetensors only; never pickle.
 
 Weights come from the hub through huggingface_hub (its cache first, then the network unless HF_HUB_OFFLINE is
 set), from a local folder, or are built in code (tiny, random-sdxl). Missing weights raise WeightsUnavailable
@@ -15,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -23,6 +25,7 @@ from safetensors.torch import load_file
 
 from . import architectures
 from .errors import InvalidModel, WeightsUnavailable
+from .variant_weights import BASE_SET, VariantWeights, weight_set
 from .variants import TAESD_XL, VAE_FP16_FIX, ModelSpec, Variant
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,9 @@ BUILTIN_BASES = {"tiny": architectures.tiny_components, "random-sdxl": architect
 class LoadedModel:
     spec: ModelSpec
     pipe: StableDiffusionXLPipeline
-    unets: dict[int, UNet2DConditionModel]  # per step count; LoRA variants share the base UNet
+    unets: dict[int, UNet2DConditionModel]  # per step count: the one UNet module every variant runs on
     adapters: dict[int, str | None]  # LoRA adapter to activate per step count (None: adapters off)
+    weights: VariantWeights | None  # the full-UNet weight sets swapped into that module (None: only one set)
     vae_tiny: AutoencoderTiny | None
     device: torch.device
     dtype: torch.dtype
@@ -144,16 +148,26 @@ def _hub_pipeline(spec: ModelSpec, dtype: torch.dtype, device: torch.device, une
     return _from_hub_or_folder(StableDiffusionXLPipeline.from_pretrained, spec.base, **kwargs)
 
 
-def _variant_unet(spec: ModelSpec, variant: Variant, base_config_source, dtype) -> UNet2DConditionModel:
-    """A variant's full UNet: a diffusers folder, or a bare state-dict file on the base UNet's config."""
+def _variant_state(spec: ModelSpec, variant: Variant) -> dict[str, torch.Tensor]:
+    """A variant's full UNet weights as a state dict: a diffusers folder, or a bare state-dict file (the Lightning
+    files); its architecture is checked against the shared UNet module's when the weight sets are built."""
     if variant.unet_dir is not None:
-        return UNet2DConditionModel.from_pretrained(_local_path(spec, variant.unet_dir), use_safetensors=True, dtype=dtype)
-    path = fetch(variant.repo, variant.unet_file) if variant.repo else _local_path(spec, variant.unet_file)
-    unet = UNet2DConditionModel.from_config(base_config_source())
-    missing, unexpected = unet.load_state_dict(load_file(str(path)), strict=False)
+        return UNet2DConditionModel.from_pretrained(_local_path(spec, variant.unet_dir), use_safetensors=True).state_dict()
+    return load_file(str(fetch(variant.repo, variant.unet_file) if variant.repo else _local_path(spec, variant.unet_file)))
+
+
+def _unet_from_state(config, state: dict[str, torch.Tensor]) -> UNet2DConditionModel:
+    """A UNet module on `config` that takes the tensors of `state` as its parameters (no second allocation)."""
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    _load_exactly(unet, state, assign=True)
+    return unet
+
+
+def _load_exactly(unet: UNet2DConditionModel, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+    missing, unexpected = unet.load_state_dict(state, strict=False, assign=assign)
     if missing or unexpected:
-        raise InvalidModel(f"{path}: not a UNet for this base ({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    return unet  # cast with everything else in load_model
+        raise InvalidModel(f"variant weights are not a UNet for this base ({len(missing)} missing, {len(unexpected)} unexpected keys)")
 
 
 def _hub_unet_config(base: str):
@@ -169,32 +183,40 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, previe
     with_unet = [v for v in spec.variants if v.unet_file or v.unet_dir]
     # Variant files first: they are what an offline user most likely lacks, so the error names them.
     lora_paths = {v.steps: fetch(v.repo, v.lora_file) if v.repo else _local_path(spec, v.lora_file) for v in spec.variants if v.is_lora}
+    states = {weight_set(v): _variant_state(spec, v) for v in with_unet}
+    uses_base = len(with_unet) < len(spec.variants)
     if spec.base in BUILTIN_BASES:
         pipe, vae_tiny = _builtin_pipeline(spec.base)
-        unets = {v.steps: _variant_unet(spec, v, lambda: pipe.unet.config, dtype) for v in with_unet}
     else:
-        unets = {v.steps: _variant_unet(spec, v, lambda: _hub_unet_config(spec.base), dtype) for v in with_unet}
-        # When every variant brings its own UNet the base UNet would be 5 GB of dead weight: reuse one instead.
-        shared = next(iter(unets.values())) if len(with_unet) == len(spec.variants) else None
+        # When every variant brings its own UNet the base UNet would be 5 GB of dead weight: build the module from one.
+        shared = None if uses_base else _unet_from_state(_hub_unet_config(spec.base), states[weight_set(with_unet[0])])
         pipe = _hub_pipeline(spec, dtype, device, unet=shared)
         # A local model may ship its own preview decoder (vae_tiny/), trained for its latent space; SDXL's is TAESD-XL.
         own_tiny = Path(spec.base) / "vae_tiny"
         vae_tiny = _from_hub_or_folder(AutoencoderTiny.from_pretrained, str(own_tiny) if own_tiny.is_dir() else TAESD_XL, dtype=dtype) if preview_vae else None
+    if uses_base:
+        states[BASE_SET] = dict(pipe.unet.state_dict())
+    weights = None
+    if len(states) > 1:  # built before any LoRA wraps the module's layers
+        steps_to_set = {v.steps: weight_set(v) for v in spec.variants}
+        weights = VariantWeights(pipe.unet, states, steps_to_set, live=steps_to_set[spec.default_steps])
+    elif not uses_base:
+        _load_exactly(pipe.unet, next(iter(states.values())))
 
     adapters: dict[int, str | None] = {}
     for v in spec.variants:
         adapters[v.steps] = v.adapter_name if v.is_lora else None
         if v.is_lora:
             pipe.load_lora_weights(str(lora_paths[v.steps]), adapter_name=v.adapter_name)
-        unets.setdefault(v.steps, pipe.unet)
         source = v.lora_file or v.unet_file or v.unet_dir
-        weights = f"{'LoRA' if v.is_lora else 'UNet'} {source}" if source else "the base UNet"
-        log.info("%s %d-step variant: %s (%s)", spec.name, v.steps, weights, v.prediction_type)
+        what = f"{'LoRA' if v.is_lora else 'UNet'} {source}" if source else "the base UNet"
+        log.info("%s %d-step variant: %s (%s)", spec.name, v.steps, what, v.prediction_type)
 
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + list(unets.values())
+    unets = {v.steps: pipe.unet for v in spec.variants}
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     for module in {id(m): m for m in modules + [vae_tiny] if m is not None}.values():
         _place(module, device, dtype)
-    return LoadedModel(spec, pipe, unets, adapters, vae_tiny, device, dtype)
+    return LoadedModel(spec, pipe, unets, adapters, weights, vae_tiny, device, dtype)
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:

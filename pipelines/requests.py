@@ -6,7 +6,7 @@ import numpy as np
 
 from . import sizes as sizes_
 from .conditioning import MAX_SEED
-from .errors import InvalidRequest
+from .errors import InvalidRequest, capped
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,12 @@ class ServingLimits:
     def check(self, request: GenerationRequest) -> None:
         """Raise InvalidRequest naming what this engine offers instead."""
         if request.steps not in self.steps:
-            raise InvalidRequest(f"steps={request.steps!r} is not loaded; this model offers {', '.join(map(str, self.steps))} steps")
+            raise InvalidRequest(f"steps={capped(repr(request.steps))} is not loaded; this model offers {', '.join(map(str, self.steps))} steps")
         if not 0 <= request.seed <= self.max_seed:
-            raise InvalidRequest(f"seed must be an integer in [0, {self.max_seed}], got {request.seed!r}")
+            raise InvalidRequest(f"seed must be an integer in [0, {self.max_seed}], got {capped(request.seed)}")
         if (request.width, request.height) not in self.sizes:
             offered = ", ".join(map(sizes_.label, self.sizes))
-            raise InvalidRequest(f"size {request.width}x{request.height} is not served; this server offers {offered} (width x height)")
+            raise InvalidRequest(f"size {capped(request.width, 16)}x{capped(request.height, 16)} is not served; this server offers {offered} (width x height)")
 
     def as_json(self) -> dict:
         return {"variants": list(self.steps), "sizes": [list(s) for s in self.sizes], "max_seed": self.max_seed}

@@ -21,16 +21,17 @@ def label(size: Size) -> str:
 
 def parse(items) -> tuple[Size, ...]:
     """--sizes values -> sizes in the order given, duplicates dropped: each item is a preset name (sdxl: every
-    SDXL bucket) or WIDTHxHEIGHT."""
+    SDXL bucket), WIDTHxHEIGHT, or N for the square NxN."""
     sizes: list[Size] = []
     for item in items:
         item = item.strip().lower()
         if item in PRESETS:
             sizes += PRESETS[item]
             continue
-        width, _, height = item.replace("×", "x").partition("x")
+        width, cross, height = item.replace("×", "x").partition("x")
+        height = height if cross else width  # "1024" is the square 1024x1024
         if not (width.isdigit() and height.isdigit()):
-            raise InvalidModel(f"size {item!r} is neither WIDTHxHEIGHT (e.g. 1152x896) nor a preset ({', '.join(PRESETS)})")
+            raise InvalidModel(f"size {item!r} is neither WIDTHxHEIGHT (e.g. 1152x896), a side N (NxN) nor a preset ({', '.join(PRESETS)})")
         sizes.append((int(width), int(height)))
     return tuple(dict.fromkeys(sizes))
 

@@ -9,8 +9,6 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from diffusers import EulerDiscreteScheduler
-
 import assets
 
 from .errors import InvalidModel, WeightsUnavailable
@@ -26,7 +24,12 @@ TAESD_XL = "madebyollin/taesdxl"
 # The embedded default: the shapes world's model, shipped with the code (trained by `python -m distill.shapes`).
 SHAPES_FOLDER = assets.ROOT / "models" / "shapes"
 # Manifest keys that describe the model as a whole (all optional).
-MANIFEST_EXTRAS = ("description", "live_steps", "reference_steps", "resolution", "examples")
+MANIFEST_EXTRAS = ("description", "live_steps", "reference_steps", "resolution", "examples", "adherence_measure")
+# A variant whose measured adherence is below this fraction of the best variant's is labelled "experimental".
+FAR_BELOW = 0.25
+# SDXL was trained from 512 to 2048 px; the tiny model is only useful small, and cheap enough on a CPU.
+BUILTIN_SIZES = {"tiny": ((64, 1024), 256)}  # base -> ((smallest, largest side), default side)
+SDXL_SIZES = ((256, 2048), 1024)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Variant:
     lora_file: str | None = None
     source_stage: str | None = None
     guidance_scale: float = 0.0  # > 1: classifier-free guidance against zeroed unconditional embeddings (SDXL base)
+    adherence: float | None = None  # measured prompt adherence in [0, 1] (how: the model's adherence_measure), if any
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -53,6 +57,8 @@ class Variant:
             raise InvalidModel(f"variant {self.steps}-step: prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale <= 30:
             raise InvalidModel(f"variant {self.steps}-step: guidance_scale must be a number in [0, 30], got {self.guidance_scale!r}")
+        if self.adherence is not None and (isinstance(self.adherence, bool) or not isinstance(self.adherence, (int, float)) or not 0 <= self.adherence <= 1):
+            raise InvalidModel(f"variant {self.steps}-step: adherence must be a measured fraction in [0, 1], got {self.adherence!r}")
         if sum(x is not None for x in (self.unet_file, self.unet_dir, self.lora_file)) > 1:
             raise InvalidModel(f"variant {self.steps}-step names more than one of unet_file, unet_dir, lora_file")
 
@@ -69,8 +75,10 @@ class Variant:
     def adapter_name(self) -> str:
         return f"lightning_{self.steps}step"
 
-    def scheduler(self, base_config) -> EulerDiscreteScheduler:
+    def scheduler(self, base_config):
         """The model-card recipe: Euler from the base config, trailing spacing, this variant's prediction type."""
+        from diffusers import EulerDiscreteScheduler  # here, not at the top: resolving a model name needs no diffusers
+
         return EulerDiscreteScheduler.from_config(base_config, timestep_spacing="trailing", prediction_type=self.prediction_type)
 
 
@@ -88,6 +96,38 @@ class ModelSpec:
     reference_steps: int | None = None  # the slow, best-quality variant the Compare panel measures the others against
     resolution: int | None = None  # the size it was trained at (default image size)
     examples: tuple[str, ...] = ()  # prompts the page offers to click
+    adherence_measure: str | None = None  # what the variants' `adherence` numbers are, and where they were measured
+
+    @property
+    def default_steps(self) -> int:
+        """The variant a caller gets without asking: the live one if offered, else the fewest steps."""
+        offered = [v.steps for v in self.variants]
+        return self.live_steps if self.live_steps in offered else min(offered)
+
+    def sizes(self) -> tuple[tuple[int, int], int]:
+        """((smallest, largest side), default side): a model trained small (the shapes world) serves its own size and up
+        to twice it; the built-in bases their own; everything else SDXL's range."""
+        if self.resolution:
+            return (min(64, self.resolution), 2 * self.resolution), self.resolution
+        return BUILTIN_SIZES.get(self.base, SDXL_SIZES)
+
+    def labels(self) -> dict[int, str]:
+        """Short words per step count, from the manifest: "reference" (reference_steps), "live" (default_steps), and
+        "experimental" where the measured adherence a satisfies a < FAR_BELOW * max(a over the measured variants)."""
+        measured = [v.adherence for v in self.variants if v.adherence is not None]
+        labels = {}
+        for v in self.variants:
+            words = ["reference"] if v.steps == self.reference_steps else []
+            words += ["live"] if v.steps == self.default_steps else []
+            words += ["experimental"] if v.adherence is not None and v.adherence < FAR_BELOW * max(measured) else []
+            if words:
+                labels[v.steps] = ", ".join(words)
+        return labels
+
+    def describe_steps(self) -> str:
+        """'32 (reference), 8, 4, 2 (live), 1 (experimental)': the offered step counts, most first, with their labels."""
+        labels = self.labels()
+        return ", ".join(f"{n} ({labels[n]})" if n in labels else str(n) for n in sorted((v.steps for v in self.variants), reverse=True))
 
     def variant(self, steps: int) -> Variant:
         for v in self.variants:
@@ -101,7 +141,7 @@ class ModelSpec:
         offered = {v.steps for v in self.variants}
         missing = sorted(set(steps) - offered)
         if missing:
-            raise InvalidModel(f"model {self.name!r} offers {sorted(offered)} steps, not {missing}")
+            raise InvalidModel(f"model {self.name!r} offers {self.describe_steps()} steps, not {', '.join(map(str, missing))}")
         return replace(self, variants=tuple(v for v in self.variants if v.steps in steps))
 
 

@@ -17,7 +17,7 @@ from pipelines import GenerationRequest, InvalidRequest
 
 from . import protocol
 from .frames import build_frame
-from .limits import TokenBucket, origin_allowed
+from .limits import TokenBucket
 from .scheduler import Job, OutOfOrder
 
 if TYPE_CHECKING:
@@ -30,8 +30,9 @@ CLOSE_WAIT_S = 2.0
 
 
 async def serve(ws: WebSocket, studio: "Studio") -> None:
-    """The /ws endpoint: refuse foreign origins before the handshake completes, then admit or turn away."""
-    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host")):
+    """The /ws endpoint: refuse foreign origins before the handshake completes, then admit or turn away. (A foreign
+    Host never gets here: realtime.hosts.HostGuard refuses it first.)"""
+    if not studio.hosts.origin_allowed(ws.headers.get("origin"), ws.headers.get("host")):
         studio.metrics.count("rejected_connections")
         await ws.close(code=1008)  # before accept(): the handshake is refused, no frame is ever sent
         return

@@ -20,6 +20,9 @@ class StudioEngine(Protocol):
     live_steps: int  # the variant the stream types with
     reference_steps: int | None  # the Compare panel's first, slow, best variant
     guidance: dict[int, float]  # CFG scale of guided variants, for labels
+    labels: dict[int, str]  # "reference", "live", "experimental" per step count (pipelines.variants.ModelSpec.labels)
+    adherence: dict[int, float]  # measured prompt adherence per step count, where the manifest has it
+    adherence_measure: str | None  # what those numbers are and where they were measured
     sizes: tuple[tuple[int, int], ...]  # the declared (width, height) sizes, warmed at start; the page starts at the first
     limits: ServingLimits  # variants, declared sizes and seed range, as /healthz reports them
     default_vae: str  # the decoder the stream uses unless the studio says otherwise

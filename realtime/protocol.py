@@ -10,6 +10,8 @@ import json
 import struct
 from dataclasses import dataclass
 
+from pipelines.errors import capped
+
 VERSION = 1
 MAX_MESSAGE_BYTES = 4096  # a generate message with a long prompt is well under 1 KiB
 MAX_PROMPT_CHARS = 2000  # far beyond TOKEN_WINDOW tokens; tokens past the encoder's window are reported per frame
@@ -90,7 +92,7 @@ def parse(text: str | bytes) -> Hello | Generate:
             raise ProtocolError("invalid_text", f'"prompt" is not valid Unicode text (a lone surrogate at character {e.start})', seq) from None
         seed, steps, width, height = (_int(msg, name, seq) for name in ("seed", "steps", "width", "height"))
         return Generate(seq, prompt, seed, steps, width, height)
-    raise ProtocolError("unknown_type", f'unknown message type {kind!r}; expected "hello" or "generate"')
+    raise ProtocolError("unknown_type", f'unknown message type {capped(repr(kind))}; expected "hello" or "generate"')
 
 
 def _is_int(value) -> bool:
@@ -102,16 +104,16 @@ def _int(msg: dict, name: str, seq, low: int | None = None, high: int | None = N
         raise ProtocolError("missing_field", f'"{name}" is required', seq)
     value = msg[name]
     if not _is_int(value):
-        raise ProtocolError("bad_type", f'"{name}" must be an integer, got {json.dumps(value)[:40]}', seq)
+        raise ProtocolError("bad_type", f'"{name}" must be an integer, got {capped(json.dumps(value))}', seq)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ProtocolError("out_of_range", f'"{name}" must be between {low} and {high}, got {value}', seq)
+        raise ProtocolError("out_of_range", f'"{name}" must be between {low} and {high}, got {capped(value)}', seq)
     return value
 
 
 def _no_unknown(msg: dict, known: set, seq) -> None:
     unknown = sorted(set(msg) - known)
     if unknown:
-        raise ProtocolError("unknown_field", f"unknown field(s) {unknown}; allowed: {sorted(known)}", seq)
+        raise ProtocolError("unknown_field", f"unknown field(s) {capped(unknown)}; allowed: {sorted(known)}", seq)
 
 
 # --- server -> client ------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Order matters: gr.mount_gradio_app mounts a catch-all at "/", so our routes must
 off because Gradio's Node SSR proxy does not forward WebSocket upgrades.
 """
 
+import logging
+
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -11,12 +13,27 @@ from fastapi.staticfiles import StaticFiles
 import assets
 
 from . import connection
+from .hosts import HostGuard
 
 WEB_ASSETS = assets.ROOT / "web"
+INVALID_UTF8 = "Invalid UTF-8 sequence received from client."  # what uvicorn logs, with a traceback, for such a frame
+
+
+def invalid_utf8_in_one_line(record: logging.LogRecord) -> bool:
+    """A client's text frame that is not UTF-8 is the client's mistake, answered with close code 1007 (uvicorn does
+    that); the log gets one line for it instead of uvicorn's traceback of the decode error."""
+    if record.getMessage() == INVALID_UTF8:
+        record.msg, record.args = "a client sent a WebSocket text frame that is not valid UTF-8; closed it with 1007", ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def create_app(studio, ui: bool = True) -> FastAPI:
     app = FastAPI(title="Lightning studio", docs_url=None, redoc_url=None)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if invalid_utf8_in_one_line not in uvicorn_log.filters:
+        uvicorn_log.addFilter(invalid_utf8_in_one_line)
 
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket):
@@ -46,4 +63,5 @@ def create_app(studio, ui: bool = True) -> FastAPI:
         from .ui import HEAD, build_blocks
 
         app = gr.mount_gradio_app(app, build_blocks(studio), path="/", ssr_mode=False, head=HEAD)
+    app.add_middleware(HostGuard, policy=studio.hosts)  # outermost: a foreign Host reaches no route, the page's nor /ws
     return app

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import protocol
 from .engine_contract import StudioEngine
+from .hosts import HostPolicy
 from .metrics import Metrics
 from .worker import Worker
 
@@ -28,6 +29,8 @@ class StudioConfig:
     warm: bool = True  # False on ZeroGPU, where the GPU exists only inside @spaces.GPU calls, not on the worker
     cpu_threads: int | None = None  # torch threads per CPU worker (several CPU workers share the cores)
     notice: str | None = None  # said on the page after the model's own notice (e.g. why compilation is off)
+    bound_host: str | None = None  # the address the server listens on (a name of this server unless a wildcard)
+    allowed_hosts: tuple = ()  # further names it answers to (--allowed-hosts: a LAN or public host name)
 
 
 def describe_model(engine) -> str:
@@ -55,6 +58,7 @@ class Studio:
         self.encoder_pool = ThreadPoolExecutor(config.encoder_threads, thread_name_prefix="jpeg")
         self.connected = 0  # only touched on the event loop
         self.notice = " ".join(filter(None, [describe_model(self.engine), config.notice]))
+        self.hosts = HostPolicy.for_server(config.bound_host, config.allowed_hosts)
 
     def start(self) -> "Studio":
         self.worker.start()

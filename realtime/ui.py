@@ -39,14 +39,24 @@ def live_html(studio) -> str:
     )
 
 
-def _steps_label(steps: int, guidance: float | None = None) -> str:
-    return f"{steps} step" + ("" if steps == 1 else "s") + (f" · CFG {guidance:g}" if guidance else "")
+def _steps_label(steps: int, guidance: float | None = None, label: str | None = None) -> str:
+    return f"{steps} step" + ("" if steps == 1 else "s") + (f" · CFG {guidance:g}" if guidance else "") + (f" · {label}" if label else "")
+
+
+def steps_choices(engine) -> list[tuple[str, int]]:
+    """The Steps radio: each loaded variant with its manifest label ("2 · live", "1 · experimental")."""
+    return [(f"{n} · {engine.labels[n]}" if n in engine.labels else str(n), n) for n in engine.steps]
+
+
+def placeholder_prompt(engine) -> str:
+    """What the empty prompt box shows, and so what the page draws until the user types: the model's first example."""
+    return engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light"
 
 
 def build_blocks(studio) -> gr.Blocks:
     engine = studio.engine
-    steps_choices = list(engine.steps)
     sizes = [label(s) for s in engine.sizes]  # the declared sizes only: anything else would be refused
+    placeholder = placeholder_prompt(engine)
     run = engine_runner(studio)
     with gr.Blocks(title="Lightning studio") as demo:
         gr.Markdown(f"## Lightning studio\n{studio.notice}", elem_id="notice")
@@ -56,7 +66,7 @@ def build_blocks(studio) -> gr.Blocks:
                     label="Prompt (renders as you type)",
                     elem_id="prompt",
                     lines=2,
-                    placeholder=engine.examples[0] if engine.examples else "a lighthouse on a cliff at dawn, volumetric light",
+                    placeholder=placeholder,
                 )
                 if engine.examples:
                     with gr.Row(elem_id="examples"):
@@ -75,7 +85,7 @@ def build_blocks(studio) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
                     randomize = gr.Button("Randomize seed", elem_id="randomize", scale=0)
-                    steps = gr.Radio(steps_choices, value=engine.live_steps, label="Steps (loaded variants)", elem_id="steps")
+                    steps = gr.Radio(steps_choices(engine), value=engine.live_steps, label="Steps (loaded variants)", elem_id="steps")
                     size = gr.Radio(sizes, value=sizes[0], label="Size (width × height, px)", elem_id="size")
             with gr.Column(scale=2):
                 gr.Markdown("### Compare steps\nThe current prompt and seed at every loaded step count, with the full VAE.")
@@ -86,10 +96,11 @@ def build_blocks(studio) -> gr.Blocks:
                 latency = gr.Markdown(elem_id="compare-latency")
 
         randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
-        compare.click(lambda p, s, z: compare_steps(studio, run, p, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
+        # An empty box shows the placeholder, so the page draws and compares the placeholder (as studio.js streams it).
+        compare.click(lambda p, s, z: compare_steps(studio, run, p or placeholder, s, z), [prompt, seed, size], [gallery, latency], concurrency_limit=1)
         if studio.config.gradio_events:
             render = gradio_renderer(studio, run)
-            for event in (prompt.input, seed.change, steps.change, size.change):
+            for event in (demo.load, prompt.input, seed.change, steps.change, size.change):
                 event(render, [prompt, seed, steps, size], [live, hud], trigger_mode="always_last", show_progress="hidden")
         else:  # js-only: hand control changes to the WebSocket client, no server round trip
             seed.change(None, [seed], None, js="(v) => { window.studio && window.studio.update({seed: v}); }")
@@ -131,26 +142,50 @@ def compare_steps(studio, run, prompt, seed, size):
         results = run(requests, "full")
     except StudioError as e:
         raise gr.Error(str(e)) from None
-    items = [(r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms") for r in results]
+    items = [
+        (r.image, f"{_steps_label(r.request.steps, engine.guidance.get(r.request.steps), engine.labels.get(r.request.steps))} · {r.timings_ms['total']:.0f} ms")
+        for r in results
+    ]
     width, height = requests[0].width, requests[0].height
     compared = f"Compared: “{html.escape(prompt or '')}” · seed {int(seed or 0)} · {width}×{height} px\n\n"
-    rows = ["| steps | text | denoise | decode | total |", "|---:|---:|---:|---:|---:|"]
-    rows += [f"| {r.request.steps} | " + " | ".join(f"{r.timings_ms.get(k, 0):.0f} ms" for k in ("text", "denoise", "decode", "total")) + " |" for r in results]
-    return items, compared + "\n".join(rows)
+    return items, compared + latency_table(engine, results)
+
+
+def latency_table(engine, results) -> str:
+    """Compare's table: per variant its label, its measured adherence where the manifest has one, and the time of each
+    stage that ran ("cached" for the text encoders when the prompt's embeddings were cached). A "swap" column (copying a
+    variant's weights into the one UNet module) appears when any variant swapped; "–" where one did not."""
+    measured = bool(engine.adherence)
+    stages = ["text"] + (["swap"] if any("swap" in r.timings_ms for r in results) else []) + ["denoise", "decode", "total"]
+    rows = [
+        "| steps | variant | " + ("adherence | " if measured else "") + " | ".join(stages) + " |",
+        "|---:|---|" + ("---:|" if measured else "") + "---:|" * len(stages),
+    ]
+    for r in results:
+        n, t = r.request.steps, r.timings_ms
+        cells = [str(n), engine.labels.get(n, "")]
+        cells += [f"{engine.adherence[n]:.0%}" if n in engine.adherence else "–"] if measured else []
+        cells += [f"{t[k]:.0f} ms" if k in t else ("cached" if k == "text" else "–") for k in stages]
+        rows.append("| " + " | ".join(cells) + " |")
+    if measured and engine.adherence_measure:
+        rows.append(f"\nAdherence: {html.escape(engine.adherence_measure)}.")
+    return "\n".join(rows)
 
 
 def gradio_renderer(studio, run):
     """--gradio-events: one render per event through `run` (engine_runner); trigger_mode="always_last" guarantees the
     final text renders."""
 
+    placeholder = placeholder_prompt(studio.engine)  # an empty box shows it, so it is what the page draws
+
     def render(prompt, seed, steps, size):
         start = time.perf_counter()
         try:
-            (result,) = run(_requests(studio.engine, prompt, seed, size, [steps]), studio.config.preview_vae)
+            (result,) = run(_requests(studio.engine, prompt or placeholder, seed, size, [steps]), studio.config.preview_vae)
         except StudioError as e:
             raise gr.Error(str(e)) from None
         stages = " · ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
         took = (time.perf_counter() - start) * 1000
-        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {took:.0f} ms · rendered: {prompt}"
+        return result.image, f"{_steps_label(result.request.steps)} · {stages} · round trip {took:.0f} ms · rendered: {prompt or placeholder}"
 
     return render

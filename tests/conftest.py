@@ -1,5 +1,6 @@
 """Shared fixtures. Every test runs offline: the hub is never contacted."""
 
+import logging
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -18,3 +19,20 @@ def tiny_engine():
     from pipelines import load_engine
 
     return load_engine("tiny", device="cpu")
+
+
+@pytest.fixture
+def log_records():
+    """capture(logger_name) -> the list of records that logger's handlers receive until the test ends."""
+    attached = []
+
+    def capture(name: str) -> list[logging.LogRecord]:
+        records, handler = [], logging.Handler()
+        handler.emit = records.append
+        logging.getLogger(name).addHandler(handler)
+        attached.append((name, handler))
+        return records
+
+    yield capture
+    for name, handler in attached:
+        logging.getLogger(name).removeHandler(handler)

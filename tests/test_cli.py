@@ -1,8 +1,11 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.cli import main
@@ -25,10 +28,14 @@ def test_generate_reports_truncation(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "3"], "not [3]"),
-        (["--size", "100"], "size 100x100 is not servable: both sides must be multiples of 8"),
+        (["--steps", "3"], "--steps 3: the tiny model offers 8, 4, 2, 1 (live)"),
+        (["--size", "100"], "--size 100: the tiny model draws sides that are multiples of 8 from 64 to 1024 px"),
+        (["--width", "2048"], "--width 2048: the tiny model"),
         (["--seed", "-4"], "seed must be an integer"),
         (["--model", "no/such/folder"], "unknown model 'no/such/folder'"),
+        (["--out", "picture.gif"], "--out picture.gif: name a .png, .jpg or .webp file, or an existing folder"),
+        (["--out", "no/such/folder/"], "--out no/such/folder/: no such folder"),
+        (["--out", "x" * 100 + ".gif"], "--out " + "x" * 63 + "…: name"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, argv, message):
@@ -36,6 +43,41 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, argv, mes
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_mistakes_are_answered_before_torch_is_imported(tmp_path):
+    """Arguments, model names, step counts, sizes and --out are checked from the manifest alone: no model loads."""
+    script = (
+        "import sys; from pipelines.cli import main\n"
+        "for argv in (['--model', 'nosuch'], ['--model', 'shapes', '--steps', '3'], ['--model', 'shapes', '--size', '100'], ['--out', 'x.gif'],\n"
+        "             ['--steps', '3'], ['--size', '100']):  # the last two: the default model, whichever it turns out to be\n"
+        "    assert main(['generate', 'x', *argv]) == 2\n"
+        "print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_here_first())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    assert done.stderr.count("\n") == 6 and "Traceback" not in done.stderr  # one line each
+
+
+def test_the_early_checks_know_every_model_the_default_can_turn_out_to_be():
+    from pipelines import startup
+    from pipelines.cli import DEFAULT_CANDIDATES
+
+    chain = {"lightning", *startup.FALLBACKS, *(model for model, _ in startup.FALLBACKS.values())}
+    assert set(DEFAULT_CANDIDATES) == chain and startup.default_model(torch.device("cpu"))[0] in chain
+
+
+def _here_first() -> dict:
+    """The environment for a subprocess run elsewhere that must import this checkout's packages."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_without_steps_the_model_draws_with_its_live_variant_into_a_folder(tmp_path, capsys):
+    assert main(["generate", "a red circle on the left on a white background", "--model", "shapes", "--out", str(tmp_path)]) == 0
+    image = Image.open(tmp_path / "out.png")
+    assert image.text["steps"] == "2" and image.text["model"] == "shapes"  # the manifest's live_steps, not the fewest (1)
+    assert "2 step(s) (live)" in capsys.readouterr().out
 
 
 def test_offline_lightning_is_a_message_not_a_stack_trace(tmp_path):
@@ -65,6 +107,7 @@ def test_help_explains_models_and_examples(capsys):
         main(["generate", "--help"])
     text = capsys.readouterr().out
     assert "lightning-lora" in text and "examples:" in text and "--out" in text
+    assert "shapes offers 32 (reference), 8, 4, 2 (live), 1 (experimental)" in " ".join(text.split())  # from its manifest
 
 
 def test_bench_on_tiny_writes_the_documented_json(tmp_path, capsys):
@@ -109,3 +152,15 @@ def test_bench_on_tiny_writes_the_documented_json(tmp_path, capsys):
         assert row["unet_tflop"] > 0 and row["decode_tflop"] > 0
     assert {(r["steps"], r["batch"], r["vae"]) for r in report["results"]} == {(s, b, v) for s in (1, 2) for b in (1, 2) for v in ("full", "tiny")}
     assert "speedup" in capsys.readouterr().out
+
+
+def test_a_plain_diffusers_folder_passes_the_early_checks_with_the_steps_asked_for(tmp_path):
+    """Such a folder says nothing about its step count: it serves the steps asked for (as pipelines.variants.resolve)."""
+    from argparse import Namespace
+
+    from pipelines.cli import candidate_models, check_steps_and_sizes
+
+    (tmp_path / "model_index.json").write_text("{}")
+    what, specs = candidate_models(str(tmp_path), None, 2)
+    check_steps_and_sizes(Namespace(steps=2, size=1024, width=None, height=None), what, specs)  # no error
+    assert [v.steps for v in specs[0].variants] == [2]

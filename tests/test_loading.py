@@ -67,7 +67,7 @@ def test_full_unet_folder_variant_loads_and_is_used(tmp_path):
     variants.write_manifest(tmp_path, "tiny", [variants.Variant(2, unet_dir="unet_2step", source_stage="4->2")])
     engine = load_engine(str(tmp_path), device="cpu")
     loaded = engine.model.unets[2]
-    assert loaded is not engine.pipe.unet
+    assert loaded is engine.pipe.unet  # the one UNet module, holding the variant's weights
     assert engine.generate([GenerationRequest("x", steps=2, width=SIZE, height=SIZE)])[0].image.shape == (SIZE, SIZE, 3)
     torch.testing.assert_close(loaded.conv_in.weight, unet.conv_in.weight)
     assert not torch.equal(loaded.conv_in.weight, tiny_components()["unet"].conv_in.weight)
@@ -153,3 +153,20 @@ def test_default_falls_back_to_tiny_when_the_shapes_weights_are_missing_too(monk
     assert "no-shapes-here" in engine.notice and "pictures are noise" in engine.notice
     with pytest.raises(WeightsUnavailable, match="no-shapes-here"):
         load_engine("shapes", device="cpu")
+
+
+def test_lora_and_full_unet_variants_share_the_one_unet_module(tmp_path, lora_model):
+    """A LoRA variant runs on the base weights (with its adapter), a full-UNet variant on its own weights copied in:
+    each draws what a model holding only that variant draws, in whatever order they are asked for."""
+    tiny_components(seed=1)["unet"].save_pretrained(tmp_path / "unet_4step")
+    chosen = [variants.Variant(1, "sample"), variants.Variant(2, lora_file=str(lora_model / "lora.safetensors")), variants.Variant(4, unet_dir="unet_4step")]
+    variants.write_manifest(tmp_path, "tiny", chosen)
+    mixed = load_engine(str(tmp_path), device="cpu", weights="swap")
+    only_full = tmp_path / "only_full"
+    only_full.mkdir()
+    (only_full / "unet_4step").symlink_to(tmp_path / "unet_4step")
+    variants.write_manifest(only_full, "tiny", [variants.Variant(4, unet_dir="unet_4step")])
+    alone = {2: load_engine(str(lora_model), device="cpu"), 4: load_engine(str(only_full), device="cpu"), 1: load_engine("tiny", device="cpu", steps=[1])}
+    for steps in (4, 2, 1, 2, 4):
+        request = GenerationRequest("a cat", seed=5, steps=steps, width=SIZE, height=SIZE)
+        np.testing.assert_array_equal(mixed.generate([request])[0].image, alone[steps].generate([request])[0].image)

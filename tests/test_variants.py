@@ -26,7 +26,7 @@ def test_lightning_loras_exist_for_two_four_eight_steps_on_any_base():
 
 
 def test_restricting_to_missing_steps_is_refused():
-    with pytest.raises(InvalidModel, match=r"offers \[2, 4, 8\] steps, not \[1\]"):
+    with pytest.raises(InvalidModel, match=r"offers 8, 4, 2 \(live\) steps, not 1"):
         variants.resolve("lightning-lora").restricted_to((1,))
 
 
@@ -69,3 +69,29 @@ def test_plain_diffusers_folder_serves_the_steps_asked_for(tmp_path):
     spec = variants.resolve(str(tmp_path), steps=(2, 8))
     assert [(v.steps, v.prediction_type) for v in spec.variants] == [(2, "epsilon"), (8, "epsilon")]
     assert spec.base == str(tmp_path)
+
+
+def test_labels_come_from_the_manifest_and_experimental_from_measured_adherence():
+    spec = variants.ModelSpec(
+        "m",
+        "tiny",
+        tuple(variants.Variant(n, adherence=a) for n, a in ((32, 0.6), (4, 0.2), (2, 0.16), (1, 0.14))),
+        live_steps=4,
+        reference_steps=32,
+    )
+    # 0.25 x the best (0.6) = 0.15: 0.14 is far below, 0.16 is not
+    assert spec.labels() == {32: "reference", 4: "live", 1: "experimental"}
+    assert spec.describe_steps() == "32 (reference), 4 (live), 2, 1 (experimental)"
+    unmeasured = variants.builtin("tiny")
+    assert unmeasured.labels() == {1: "live"}  # no live_steps in the manifest: the fewest steps, as the studio types with
+
+
+def test_the_shipped_model_labels_its_one_step_student_experimental_from_its_measurements():
+    shapes = variants.resolve("shapes")
+    assert {v.steps: v.adherence for v in shapes.variants} == {32: 0.594, 8: 0.578, 4: 0.391, 2: 0.289, 1: 0.008}
+    assert shapes.labels() == {32: "reference", 2: "live", 1: "experimental"}
+
+
+def test_a_manifest_adherence_outside_zero_to_one_is_refused():
+    with pytest.raises(InvalidModel, match="adherence must be a measured fraction"):
+        variants.Variant(2, adherence=29)

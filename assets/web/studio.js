@@ -21,16 +21,20 @@
     state.steps = config.live_steps ?? config.variants[0];
     setSize(config.size);
     const box = document.querySelector("#prompt textarea");
-    if (box && box.value) state.prompt = box.value;
+    if (box) state.prompt = shownPrompt(box);
     // Delegated, so it survives Gradio re-rendering the textbox; one event per keystroke.
     document.addEventListener("input", (e) => {
-      if (e.target && e.target.closest && e.target.closest("#prompt")) { state.prompt = e.target.value; send(); }
+      if (e.target && e.target.closest && e.target.closest("#prompt")) { state.prompt = shownPrompt(e.target); send(); }
     }, true);
     document.addEventListener("click", (e) => {
       if (e.target && e.target.closest && e.target.closest("#compare")) { compared = inputsKey(); markCompareStale(); }
     }, true);
     connect();
   }
+
+  // What the box shows: its text, or its placeholder while it is empty. The page draws that, so a first visit sees a
+  // picture at once, and the picture always matches the words on screen (Compare does the same on the server).
+  function shownPrompt(box) { return box.value || box.placeholder || ""; }
 
   function connect() {
     const url = new URL(config.ws_path, location.href);
@@ -41,8 +45,8 @@
     ws.onopen = () => {
       reconnectDelay = 500;
       ws.send(JSON.stringify({ type: "hello", version: 1 }));
-      if (lastDrawn < 0) hud.textContent = "connected — type a prompt";
-      if (state.prompt) send(); // after a reconnect, show what the box holds now
+      if (lastDrawn < 0) hud.textContent = "connected — drawing the prompt";
+      send(); // the first picture without typing; after a reconnect, what the box holds now
     };
     ws.onmessage = (ev) => (typeof ev.data === "string" ? onText(ev.data) : onFrame(ev.data));
     ws.onclose = (ev) => {
@@ -110,13 +114,17 @@
 
   function showHud(h, rtt) {
     const t = h.timings_ms || {};
-    const stages = ["text", "denoise", "decode", "encode"].filter((k) => k in t).map((k) => `${k} ${t[k].toFixed(0)}`).join(" · ");
+    // Only stages that ran: the server leaves out "text" when the prompt's embeddings were cached.
+    const stages = ["text", "denoise", "decode", "encode"].map((k) => (k in t ? `${k} ${ms(t[k])}` : k === "text" ? "text cached" : null))
+      .filter(Boolean).join(" · ");
     // A rate needs two frames in the last 2 s: a lone frame after a pause is not "0.0 fps".
     const span = drawTimes[drawTimes.length - 1] - drawTimes[0];
     const fps = drawTimes.length > 1 && span > 0 ? ` · ${(((drawTimes.length - 1) * 1000) / span).toFixed(1)} fps` : "";
     hud.textContent = `#${h.seq} · ${h.steps} step${h.steps === 1 ? "" : "s"} · ${h.width}×${h.height} · ${stages} · ` +
       `queue ${h.queue_ms.toFixed(0)} ms${rtt === null ? "" : ` · key→frame ${rtt.toFixed(0)} ms`}${fps}`;
   }
+
+  function ms(value) { return value < 10 ? value.toFixed(1) : value.toFixed(0); } // a 0.4 ms JPEG encode is not "0"
 
   function inputsKey() { return JSON.stringify([state.prompt, state.seed, state.width, state.height]); }
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from pipelines.errors import StudioError
 
 EPILOG = """examples:
-  python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml            # judge, autoencoders, base UNet
-  python -m distill.shapes pretrain --config distill/configs/shapes_pretrain.toml --resume   # after a kill, at any moment
-  python -m distill.shapes ship --config distill/configs/shapes_pretrain.toml                # -> assets/models/shapes
+  python -m distill.shapes pretrain --config shapes_pretrain            # judge, autoencoders, base UNet
+  python -m distill.shapes pretrain --config shapes_pretrain --resume   # after a kill, at any moment
+  python -m distill.shapes ship --config shapes_pretrain                # -> assets/models/shapes
   python -m distill.shapes ship-students --student 4=runs/exports/shapes-mse --live-steps 4   # a student serves 4 steps
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
   python -m distill.shapes render --out runs/shapes-data --count 10000                       # captioned images for distill
@@ -28,12 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("pretrain", help="train the judge, the autoencoders and the base UNet (resumable)")
-    pre.add_argument("--config", type=Path, required=True)
+    pre.add_argument("--config", required=True, help="the pre-training config: a TOML file or a packaged name (shapes_pretrain)")
     pre.add_argument("--resume", action="store_true", help="continue the part that was running from its latest checkpoint")
     pre.add_argument("--parts", nargs="+", help="run only these parts (in pipeline order)")
 
     ship = sub.add_parser("ship", help="write the finished base model (fp16) and the judge into assets/")
-    ship.add_argument("--config", type=Path, required=True, help="the pre-training config that was run")
+    ship.add_argument("--config", required=True, help="the pre-training config that was run (a file or a packaged name)")
     ship.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
 
     students = sub.add_parser("ship-students", help="serve step counts of the embedded model with distilled students (fp16)")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, required=True)
     render.add_argument("--count", type=int, required=True, help="how many scenes (the first N training scenes)")
     render.add_argument(
-        "--config", type=Path, default=Path("distill/configs/shapes_pretrain.toml"), help="the pre-training config whose world (seed, resolution) to render"
+        "--config", default="shapes_pretrain", help="the pre-training config whose world (seed, resolution) to render (a file or a packaged name)"
     )
     render.add_argument("--caption-seed", type=int, default=0, help="seed of the caption phrasing drawn for each scene")
 
@@ -89,18 +89,23 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's messages, as before on stdout
     try:
         if args.command == "pretrain":
-            from . import config, pretrain
+            from . import config
 
-            c = config.load(args.config)
+            c = config.load(args.config)  # before the heavy imports: a wrong config is answered at once
+            from . import pretrain
+
             parts = tuple(p for p in pretrain.PARTS if not args.parts or p in args.parts)
             unknown = set(args.parts or ()) - set(pretrain.PARTS)
             if unknown:
                 raise StudioError(f"--parts: unknown part(s) {sorted(unknown)}; the parts are {', '.join(pretrain.PARTS)}")
             pretrain.pretrain(c, resume=args.resume, parts=parts)
         elif args.command == "ship":
-            from . import config, ship
+            from . import config
 
-            out = ship.ship(config.load(args.config), args.out or ship.SHAPES_FOLDER)
+            c = config.load(args.config)
+            from . import ship
+
+            out = ship.ship(c, args.out or ship.SHAPES_FOLDER)
             print(f"wrote {out} and {ship.JUDGE_FILE}")
         elif args.command == "ship-students":
             from . import ship
@@ -109,9 +114,11 @@ def main(argv=None) -> int:
             out = ship.ship_students(students, args.live_steps, args.model or ship.SHAPES_FOLDER)
             print(f"{out}: " + ", ".join(f"{n} steps from {path}" for n, path in sorted(students.items())) + f"; live {args.live_steps} steps")
         elif args.command == "render":
-            from . import config, data
+            from . import config
 
             world = config.load(args.config).world
+            from . import data
+
             written = data.render_folder(args.out, args.count, world.seed, world.resolution, args.caption_seed)
             print(f"wrote {written} captioned scenes ({world.resolution} px) to {args.out}")
         elif args.command == "eval":

@@ -3,7 +3,7 @@ distill's plans: unknown keys and wrong types are refused naming the key."""
 
 from dataclasses import asdict, dataclass, field
 
-from ..config import _check, _no_unknown, _section, read_toml
+from ..config import check, no_unknown, read_toml, section
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,10 @@ class UnetConfig:
     sample_every: int = 1000
     sample_steps: int = 25
     guidance_scale: float = 5.0
+    # Offset noise: the training noise plus offset x N(0, 1) per (sample, channel), constant over the picture, so the
+    # noise's mean at t = 999 is random and the base cannot read the background from it (16x16 latents make that mean
+    # readable: std 1/16). 0 = SDXL's base recipe as shipped here; 0.0357 is kohya sd-scripts' SDXL default.
+    noise_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,10 @@ SECTIONS = {f: t for f, t in PretrainConfig.__annotations__.items()}
 
 
 def parse(raw: dict) -> PretrainConfig:
-    _no_unknown(raw, SECTIONS, "")
+    no_unknown(raw, SECTIONS, "")
     built = {}
     for name, cls in ((n, globals()[t] if isinstance(t, str) else t) for n, t in SECTIONS.items()):
-        built[name] = _section(cls, raw.get(name, {}), name)
+        built[name] = section(cls, raw.get(name, {}), name)
     config = PretrainConfig(**built)
     validate(config)
     return config
@@ -135,22 +139,23 @@ def load(path) -> PretrainConfig:
 
 
 def validate(c: PretrainConfig) -> None:
-    _check(c.world.resolution % 32 == 0 and c.world.resolution >= 64, "world.resolution", "must be a multiple of 32, at least 64")
-    _check(len(c.vae.block_out_channels) == 4, "vae.block_out_channels", "needs four levels (SDXL's 8x downscale)")
-    _check(c.vae.crop % 8 == 0 and 16 <= c.vae.crop <= c.world.resolution, "vae.crop", "must be a multiple of 8 within the resolution")
-    _check(
+    check(c.world.resolution % 32 == 0 and c.world.resolution >= 64, "world.resolution", "must be a multiple of 32, at least 64")
+    check(len(c.vae.block_out_channels) == 4, "vae.block_out_channels", "needs four levels (SDXL's 8x downscale)")
+    check(c.vae.crop % 8 == 0 and 16 <= c.vae.crop <= c.world.resolution, "vae.crop", "must be a multiple of 8 within the resolution")
+    check(
         len(c.vae_tiny.encoder_block_out_channels) == 4 and len(c.vae_tiny.decoder_block_out_channels) == 4,
         "vae_tiny.encoder_block_out_channels",
         "AutoencoderTiny needs four levels (8x)",
     )
     n = len(c.unet.block_out_channels)
     for key in ("transformer_layers_per_block", "attention_head_dim"):
-        _check(len(getattr(c.unet, key)) == n, f"unet.{key}", f"needs {n} entries (one per block)")
-    _check(0 <= c.unet.caption_dropout < 1, "unet.caption_dropout", "must be in [0, 1)")
-    _check(0 < c.unet.ema_decay < 1, "unet.ema_decay", "must be in (0, 1)")
-    for section in ("judge", "vae", "decoder", "vae_tiny", "unet"):
+        check(len(getattr(c.unet, key)) == n, f"unet.{key}", f"needs {n} entries (one per block)")
+    check(0 <= c.unet.caption_dropout < 1, "unet.caption_dropout", "must be in [0, 1)")
+    check(0 < c.unet.ema_decay < 1, "unet.ema_decay", "must be in (0, 1)")
+    check(c.unet.noise_offset >= 0, "unet.noise_offset", "must be >= 0")
+    for part in ("judge", "vae", "decoder", "vae_tiny", "unet"):
         for key in ("steps", "batch_size"):
-            _check(getattr(getattr(c, section), key) >= 1, f"{section}.{key}", "must be >= 1")
-        _check(getattr(c, section).lr > 0, f"{section}.lr", "must be > 0")
+            check(getattr(getattr(c, part), key) >= 1, f"{part}.{key}", "must be >= 1")
+        check(getattr(c, part).lr > 0, f"{part}.lr", "must be > 0")
     for key in ("checkpoint_every", "keep_checkpoints", "log_every"):
-        _check(getattr(c.train, key) >= 1, f"train.{key}", "must be >= 1")
+        check(getattr(c.train, key) >= 1, f"train.{key}", "must be >= 1")

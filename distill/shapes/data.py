@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 
 from pipelines.errors import StudioError
 
+from ..seeding import stable_seed
 from .captions import caption
 from .judge import to_tensor
-from .loop import stable_seed
 from .world import Scene, render, scene_from_seed
 
 

@@ -6,7 +6,6 @@ another config); a step's randomness comes from a generator seeded by (seed, par
 moment and resumed draws exactly the batches the uninterrupted run would have.
 """
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .. import checkpoint
+from ..seeding import stable_seed
 
 log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
 
@@ -46,11 +46,6 @@ class Part:
     ema: object | None = None
     on_checkpoint: Callable[[int], None] | None = None
     extra_state: dict = field(default_factory=dict)
-
-
-def stable_seed(*parts) -> int:
-    """A 63-bit seed from values, the same in every process (Python's hash() of a str changes per process)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 def step_generator(seed: int, part: str, step: int) -> torch.Generator:

@@ -10,8 +10,8 @@ import json
 
 import torch
 
+from ..seeding import stable_seed
 from .config import PretrainConfig
-from .loop import stable_seed
 from .parts import DONE, final_dir, is_done
 from .train_autoencoders import cache_latents, train_decoder, train_vae, train_vae_tiny
 from .train_base import train_unet

@@ -1,7 +1,8 @@
 """The base UNet ("SDXL of the shapes world") with SDXL's recipe, flaws included: epsilon prediction, scaled_linear
 betas 0.00085 -> 0.012 over 1000 steps (never pure noise at t = 999), uniform t, 10 % caption dropout to zeroed
 embeddings (what `force_zeros_for_empty_prompt` feeds as the unconditional input), both text encoders trained
-jointly from scratch, EMA weights. It trains on cached latents; captions are drawn afresh each step."""
+jointly from scratch, EMA weights; optionally offset noise (`[unet] noise_offset`, SDXL's reported fine-tuning
+default). It trains on cached latents; captions are drawn afresh each step."""
 
 import random
 import time
@@ -56,6 +57,14 @@ def time_ids(resolution: int, batch: int) -> torch.Tensor:
     return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32).repeat(batch, 1)
 
 
+def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """noise + offset * N(0, 1) drawn per (sample, channel) and broadcast over H, W: a random mean per latent channel.
+    offset = 0 returns the noise itself and draws nothing (runs without it keep their exact random stream)."""
+    if not offset:
+        return noise
+    return noise + offset * torch.randn((*noise.shape[:2], 1, 1), generator=generator)
+
+
 def pipeline(c: PretrainConfig, unet, text_encoder, text_encoder_2, vae) -> StableDiffusionXLPipeline:
     """The stock SDXL pipeline around the shapes components, with the studio's trailing Euler scheduler."""
     tokenizer, tokenizer_2 = load_tokenizers()
@@ -86,7 +95,7 @@ def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -
             m.train()
         indices = torch.randint(len(latents), (u.batch_size,), generator=generator)
         x0 = latents[indices].float()
-        noise = torch.randn(x0.shape, generator=generator)
+        noise = offset_noise(torch.randn(x0.shape, generator=generator), u.noise_offset, generator)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (u.batch_size,), generator=generator)
         x_t = noise_schedule.add_noise(x0, noise, t)
         embeds, pooled = encode(captions_for(indices.tolist(), c.world.seed, random.Random(generator.initial_seed())))

@@ -86,6 +86,11 @@ BAD = [
     (("train", "mixed_precision"), "fp16", "fp16 is refused: its loss scaling does not cover the adversarial G step"),
     (("train", "batch_size"), True, "train.batch_size: expected int"),
     (("train", "gan_updates"), "both", "train.gan_updates: must be one of ('alternating', 'simultaneous'), got 'both'"),
+    (("train", "d_warmup_steps"), -1, "train.d_warmup_steps: must be >= 0"),
+    (("train", "probe_batches"), 0, "train.probe_batches: must be >= 1"),
+    (("stages", 4, "terminal_share"), 1.5, "stages[4].terminal_share: must be in [0, 1]"),
+    (("stages", 0, "phases", 0, "anchor_weight"), 1.0, "stages[0].phases[0].anchor_weight: must be >= 0, and only on adversarial phases"),
+    (("stages", 3, "phases", 0, "anchor_weight"), -1.0, "stages[3].phases[0].anchor_weight: must be >= 0"),
 ]
 
 
@@ -131,6 +136,23 @@ def test_plan_prints_the_resolved_plan(capsys):
     assert out.strip() == describe(load_config(CONFIGS / "tiny.toml")).strip()
 
 
+def test_packaged_plans_are_named_from_any_directory_and_listed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no distill/configs here
+    for name in ("tiny", "tiny.toml", "distill/configs/tiny.toml"):
+        cli.main(["plan", "--config", name])
+        out = capsys.readouterr().out
+        assert "config distill/configs/tiny.toml" in out
+        assert "batch 2 x accumulation 1, fp32, LoRA rank 4" in out  # accelerate's "no" printed as the precision it means
+    cli.main(["plan", "--list"])
+    listed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert set(listed) == {p.stem for p in CONFIGS.glob("*.toml")} and listed["tiny"].startswith("The SDXL-Lightning plan on the tiny")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["plan", "--config", "tinny"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tinny: no such config file; packaged plans") and "shapes, " in err and err.count("\n") == 1
+
+
 def test_config_diff_names_changed_keys_only():
     a = load_config(CONFIGS / "tiny.toml").to_dict()
     raw = tiny_raw()
@@ -150,3 +172,13 @@ def test_gan_updates_decide_adversarial_stages_only():
     assert [s.phases[0].objective for s in a.stages[:2]] == ["mse", "conditional"]
     assert lineage(a, 0) == lineage(b, 0)
     assert lineage(a, 1) != lineage(b, 1)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("*.toml") if p.name != "shapes_pretrain.toml"))
+def test_no_shipped_plan_lets_g_outrun_its_discriminator(path):
+    """G's lr above D's drowns D (on the shapes 2-step stage: D at 2 ln 2 and chance for the whole phase)."""
+    config = load_config(CONFIGS / path)
+    for stage in config.stages:
+        for phase in stage.phases:
+            if phase.adversarial:
+                assert phase.lr <= (phase.d_lr or phase.lr), (stage.name, phase)

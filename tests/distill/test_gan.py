@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from distill import solver as distill_solver
 from distill import stages as distill_stages
 from distill import steps as distill_steps
 from distill import train as distill_train
@@ -129,15 +130,17 @@ def test_each_stage_learns_from_the_previous_stages_merged_student(tmp_path, mon
     """What teacher_solve runs, probed on a fixed input at every call: the base in stage 0; stage 0's saved student in
     stage 1 (through the LoRA student with its adapters off, then as a frozen copy); the base again for a skip phase."""
     probe_x, probe_cond, seen = torch.randn(1, 4, 8, 8), make_cond(1, seed=3), []
-    solve = distill_steps.teacher_solve
+    solve = distill_solver.teacher_solve
 
     def probing_solve(unet, *args, **kwargs):
         with torch.no_grad():
             seen.append(unet_output(unet, probe_x, 499, probe_cond).float())
         return solve(unet, *args, **kwargs)
 
-    monkeypatch.setattr(distill_steps, "teacher_solve", probing_solve)
-    config = parse_config(plan(tmp_path, STAGES, checkpoint_every=1000))
+    monkeypatch.setattr(distill_solver, "teacher_solve", probing_solve)
+    monkeypatch.setattr(distill_train, "probe_discriminator", lambda *args: None)  # its own solves: tests/distill/test_probe.py
+    # Batch 1 and no D warm-up: exactly one solve per optimizer step, one step per phase.
+    config = parse_config(plan(tmp_path, STAGES, checkpoint_every=1000, batch_size=1, d_warmup_steps=0))
     distill_train.train(config)
 
     components = tiny_components(0)
@@ -190,7 +193,7 @@ def test_d_steps_on_the_fake_of_the_updated_student_when_updates_alternate(tmp_p
 
     monkeypatch.setattr(distill_steps, "discriminator_step", recording)
     stages = [{"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [phase("unconditional", "full", steps=1, lr=5e-3)]}]
-    config = parse_config(plan(tmp_path, stages, checkpoint_every=1000, gan_updates=mode))
+    config = parse_config(plan(tmp_path, stages, checkpoint_every=1000, gan_updates=mode, d_warmup_steps=0))
     distill_train.train(config)
 
     ((x_t, t, t_next, cond, x_fake),) = seen
@@ -201,3 +204,19 @@ def test_d_steps_on_the_fake_of_the_updated_student_when_updates_alternate(tmp_p
     expected, other = ("after", "before") if mode == "alternating" else ("before", "after")
     assert torch.allclose(x_fake, jumps[expected], atol=1e-5)
     assert (x_fake - jumps[other]).abs().max() > 1e-3
+
+
+def test_the_anchor_adds_its_weighted_mse_to_the_teachers_target_to_the_g_loss():
+    """The same G step with anchor 0 and 0.5: the loss grows by 0.5 x MSE(student's jump, teacher's target), and the
+    gradient pulls the student's jump toward the target (it changes the student's gradient)."""
+    accelerator, stage, phase_config, m, x_t, cond = gan_setup(student_noise=0.02)
+    losses, grads = [], []
+    for anchor in (0.0, 0.5):
+        m.student.zero_grad()
+        loss_g, x_real, x_fake = distill_steps.generator_step(
+            accelerator, stage, phase_config, m, x_t, 999, 499, cond, ALPHAS_BAR, torch.Generator().manual_seed(2), anchor
+        )
+        losses.append(float(loss_g))
+        grads.append(m.student.conv_in.weight.grad.clone())
+    torch.testing.assert_close(losses[1] - losses[0], 0.5 * float((x_fake - x_real).square().mean()), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(grads[0], grads[1])

@@ -149,9 +149,11 @@ def test_merge_lands_on_the_stages_fp32_weights_not_their_bf16_rounding():
             p.add_(1e-4 * torch.randn_like(p))  # updates far below bf16's resolution at these magnitudes
     start = {k: v.clone() for k, v in student.state_dict().items()}
     stage = StageConfig("s", 8, 4, (PhaseConfig("conditional", "lora", 1, 1e-3), PhaseConfig("unconditional", "full", 1, 1e-3)))
-    student = shape_student(student, stage, 0, 4, torch.bfloat16, seed=0)
+    student, fp32_base = shape_student(student, stage, 0, 4, torch.bfloat16, seed=0)
     assert any(p.dtype == torch.bfloat16 for p in student.parameters())  # the LoRA phase's frozen base is bf16
-    merged = shape_student(student, stage, 1, 4, torch.bfloat16, seed=0)  # LoRA B starts at zero: merge adds nothing
+    assert not hasattr(student, "fp32_base")  # kept by the caller, so a deepcopy of the student does not copy it
+    merged, left = shape_student(student, stage, 1, 4, torch.bfloat16, seed=0, fp32_base=fp32_base)  # LoRA B starts at zero: merge adds nothing
+    assert left is None
     after = merged.state_dict()
     assert set(after) == set(start)
     for key, value in start.items():

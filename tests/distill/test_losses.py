@@ -39,3 +39,10 @@ def test_grads_finite_catches_nan_and_inf():
     params[2].grad = torch.tensor([float("-inf")], dtype=torch.bfloat16)
     assert not grads_finite(params)
     assert grads_finite([])
+
+
+def test_the_anchor_weight_falls_linearly_to_zero_over_the_phase():
+    from distill.losses import annealed_weight
+
+    assert [annealed_weight(2.0, k, 4) for k in range(4)] == [2.0, 1.5, 1.0, 0.5]
+    assert annealed_weight(0.0, 0, 4) == 0.0

@@ -117,6 +117,9 @@ def test_every_phase_type_trains_with_finite_losses_and_changes_the_student(tmp_
             assert changed, f"stage {stage.name} phase {j} ({p.objective}, {p.params}) left the student unchanged"
         info = json.loads((out / "stages" / stage.name / "stage.json").read_text())
         assert info["student_steps"] == stage.student_steps and info["prediction_type"] == stage.prediction_type
+        probed = {f"{j}_{p.objective}_{p.params}" for j, p in enumerate(stage.phases) if p.adversarial}
+        assert set(info["d_heldout_accuracy"]) == probed  # D's held-out accuracy after every adversarial phase
+        assert all(0 <= v <= 1 for v in info["d_heldout_accuracy"].values())
     assert json.loads((out / "stages" / "1step" / "stage.json").read_text())["prediction_type"] == "sample"
     assert (out / "stages" / "8step" / "lora.safetensors").is_file()
 

@@ -1,3 +1,6 @@
+"""The x0 conversion of the 1-step student: an independent copy of the epsilon student, regressed at t = 999 onto
+the teacher's real n-step solve from that pure noise (not onto the epsilon model's one-evaluation x0)."""
+
 import copy
 import sys
 from pathlib import Path
@@ -5,17 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill import steps as distill_steps
+from distill.config import PhaseConfig, StageConfig
 from distill.lora import add_lora
 from distill.losses import mse_loss
-from distill.schedule import add_noise, alphas_cumprod, training_timesteps
+from distill.schedule import alphas_cumprod
+from distill.solver import teacher_solve
 from distill.student import student_step
-from distill.x0_conversion import implied_x0, x0_student_from
+from distill.x0_conversion import conversion_target, x0_student_from
 from pipelines.architectures import tiny_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tiny inputs beside this file
-from tiny_inputs import make_cond  # noqa: E402
+from tiny_inputs import make_cond, tiny_latents  # noqa: E402
 
 ALPHAS_BAR = alphas_cumprod()
+STAGE = StageConfig("1step", 2, 1, (), prediction_type="sample")
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +30,8 @@ def eps_unet():
     return tiny_components(0)["unet"].requires_grad_(False)
 
 
-def make_batch(batch=4):
-    g = torch.Generator().manual_seed(1)
-    t = torch.tensor(training_timesteps(1))[:batch]  # the 1-step stage trains at 999, 749, 499, 249
-    x_t = add_noise(torch.randn(batch, 4, 8, 8, generator=g), torch.randn(batch, 4, 8, 8, generator=g), t, ALPHAS_BAR)
-    return x_t, t, make_cond(batch)
+def pure_noise(batch=4):
+    return torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(1)), make_cond(batch)
 
 
 def test_copy_is_independent_and_refuses_an_unmerged_lora(eps_unet):
@@ -40,25 +44,33 @@ def test_copy_is_independent_and_refuses_an_unmerged_lora(eps_unet):
         x0_student_from(with_lora)
 
 
-def test_conversion_trains_only_the_x0_student_and_reduces_the_loss(eps_unet):
+def test_the_trainers_conversion_target_is_the_teachers_solve_from_pure_noise(eps_unet):
+    """The x0_convert phase draws every sample at t = 999 as pure noise, and its target is distill.solver's 2-step
+    solve from there to x0; the epsilon model's one-evaluation x0 (the old target) is something else."""
+    phase = PhaseConfig("x0_convert", "full", 1, 1e-3)
+    m = distill_steps.PhaseModels(None, eps_unet, lambda unet: torch.no_grad(), 2, "epsilon")
+    x_t, t, t_next, cond = distill_steps.draw_batch(tiny_latents(), STAGE, 6, torch.Generator().manual_seed(0), ALPHAS_BAR, "cpu", terminal_only=True)
+    assert t.tolist() == [999] * 6 and t_next.tolist() == [-1] * 6
+    target = distill_steps.teacher_target(phase, m, x_t, t, t_next, cond, ALPHAS_BAR)
+    torch.testing.assert_close(target, teacher_solve(eps_unet, x_t, 999, -1, 2, cond, ALPHAS_BAR))
+    one_evaluation = student_step(eps_unet, x_t, 999, -1, cond, ALPHAS_BAR, "epsilon")[1]
+    assert (target - one_evaluation).abs().max() > 1e-2
+
+
+def test_conversion_trains_only_the_x0_student_toward_the_teachers_output(eps_unet):
     torch.manual_seed(0)
     student = x0_student_from(eps_unet)
-    x_t, t, cond = make_batch()
+    noise, cond = pure_noise()
+    target = conversion_target(eps_unet, noise, 2, cond, ALPHAS_BAR)
     optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
         optimizer.zero_grad(set_to_none=True)
-        _, x0_student = student_step(student, x_t, t, -1, cond, ALPHAS_BAR, "sample")  # what the x0_convert phase trains
-        loss = mse_loss(x0_student, implied_x0(eps_unet, x_t, t, cond, ALPHAS_BAR))
+        x0_student = student_step(student, noise, 999, -1, cond, ALPHAS_BAR, "sample")[0]  # what the x0_convert phase trains
+        loss = mse_loss(x0_student, target)
         loss.backward()
         assert all(p.grad is None for p in eps_unet.parameters())
         assert all(p.grad is not None for p in student.parameters())
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
-    # After conversion, the x0 student's one jump lands closer to the epsilon model's x0 than before.
-    with torch.no_grad():
-        before, _ = student_step(eps_unet, x_t, t, -1, cond, ALPHAS_BAR, "sample")
-        after, _ = student_step(student, x_t, t, -1, cond, ALPHAS_BAR, "sample")
-    target = implied_x0(eps_unet, x_t, t, cond, ALPHAS_BAR)
-    assert (after - target).square().mean() < (before - target).square().mean()

@@ -20,6 +20,7 @@ class FakeEngine:
     model_name, device, backend, notice, description, examples = "fake", "cpu", "eager", None, None, ()
     steps, live_steps, reference_steps, guidance, default_vae = (1, 2), 1, None, {}, "full"
     sizes = ((64, 64), (128, 64))
+    labels, adherence, adherence_measure = {1: "live"}, {}, None
 
     def __init__(self, gate: threading.Event | None = None):
         self.gate = gate

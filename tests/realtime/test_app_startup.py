@@ -79,3 +79,21 @@ def test_app_main_starts_says_which_model_runs_and_why_on_the_page_and_stops_on_
     if start == "cuda-offline":
         assert "default model lightning unavailable" in output  # and logged as a warning
     assert "Traceback" not in output
+
+
+def test_a_wrong_model_or_step_count_is_answered_in_one_line_before_torch_loads(tmp_path):
+    script = (
+        "import sys; from realtime.cli import main\n"
+        "for argv in (['--model', 'nosuch'], ['--model', 'shapes', '--variants', '2', '3']):\n"
+        "    assert main(argv) == 2\n"
+        "print('torch' in sys.modules, 'uvicorn' in sys.modules)"
+    )
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    env.pop("STUDIO_ARGS", None)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    assert done.stderr.splitlines() == [
+        "error: unknown model 'nosuch': use shapes, tiny, random-sdxl, lightning, lightning-lora, or a local folder path",
+        "error: model 'shapes' offers 32 (reference), 8, 4, 2 (live), 1 (experimental) steps, not 3",
+    ]

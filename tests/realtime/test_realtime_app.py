@@ -101,7 +101,7 @@ def zero_gpu_studio(monkeypatch):
 
 
 def test_on_zerogpu_live_typing_and_compare_call_the_engine_inside_the_spaces_gpu_function(zero_gpu_studio):
-    from realtime.ui import compare_steps, engine_runner, gradio_renderer
+    from realtime.ui import compare_steps, engine_runner, gradio_renderer, placeholder_prompt
 
     studio, spaces = zero_gpu_studio
     run = engine_runner(studio)
@@ -111,6 +111,8 @@ def test_on_zerogpu_live_typing_and_compare_call_the_engine_inside_the_spaces_gp
     items, table = compare_steps(studio, run, "a red fox", 5, "128x64")
     assert [item[0].shape for item in items] == [(64, 128, 3)] * 2 and "128×64 px" in table
     assert spaces.calls == 2  # one GPU call per render, one for the whole comparison
+    _, hud = gradio_renderer(studio, run)("", 3, 1, "64x64")  # an empty box draws its placeholder, as the WebSocket page does
+    assert studio.engine.calls[-1][0].prompt == placeholder_prompt(studio.engine) and hud.endswith(f"rendered: {placeholder_prompt(studio.engine)}")
 
 
 def test_the_zerogpu_stand_in_fails_an_engine_call_made_outside_the_gpu_function(zero_gpu_studio, monkeypatch):
@@ -135,3 +137,21 @@ def test_devices_name_one_worker_each():
     assert app.device_list("cuda:0, cuda:1", None, 0) == ["cuda:0", "cuda:1"]
     assert app.device_list("all", None, 3) == ["cuda:0", "cuda:1", "cuda:2"]
     assert app.device_list("all", None, 0) == ["cpu"]
+
+
+@pytest.mark.parametrize("weights", ["resident", "swap"])
+def test_the_studio_places_variant_weights_as_weights_says(monkeypatch, weights):
+    """--weights reaches the engine the studio serves: the shapes students' copies wait where it says (the live 2-step
+    set's in host memory, its weights being in the UNet)."""
+    import uvicorn
+
+    import pipelines
+
+    monkeypatch.delenv("STUDIO_ARGS", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    engines = []
+    real_load = pipelines.load_engine
+    monkeypatch.setattr(pipelines, "load_engine", lambda **kwargs: engines.append(real_load(**kwargs)) or engines[-1])
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # start, then return as if the server had stopped
+    assert app.main(["--model", "shapes", "--device", "cpu", "--variants", "1", "2", "4", "--weights", weights]) == 0
+    assert engines[0].memory()["weights"]["homes"] == {"1": weights, "2": "swap", "4": weights}

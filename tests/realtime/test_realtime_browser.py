@@ -122,7 +122,9 @@ def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_stud
     # no reference variant in the tiny model: most steps first
     assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [str(s) for s in sorted(studio.engine.steps, reverse=True)]
     latency = page.locator("#compare-latency")
-    assert "ms" in latency.inner_text()
+    assert "ms" in latency.inner_text() and "cached" in latency.inner_text()  # the stream encoded this prompt already
+    labels = [rows.nth(i).locator("td").nth(1).inner_text() for i in range(rows.count())]
+    assert labels == [studio.engine.labels.get(s, "") for s in sorted(studio.engine.steps, reverse=True)] and "live" in labels
     seed = page.locator("#seed input").input_value()
     prompt = page.locator("#prompt textarea").input_value()
     assert f"Compared: “{prompt}” · seed {seed} · 256×256 px" in latency.inner_text()  # what it compared
@@ -135,17 +137,22 @@ def test_compare_steps_fills_the_panel_with_every_loaded_variant(page, tiny_stud
     assert dataset(page)["compareStale"] == "true"
 
 
-def test_a_fresh_page_says_it_is_connected_and_shows_no_rate_for_a_lone_frame(browser, tiny_studio):
-    address, _ = tiny_studio
+def test_a_fresh_page_draws_the_placeholder_prompt_without_typing(browser, tiny_studio):
+    address, studio = tiny_studio
     page = browser.new_page(viewport={"width": 1360, "height": 980})
     page.set_default_timeout(WAIT_MS)
     page.goto(f"http://{address}/")
     page.wait_for_selector("#studio-root[data-state='ready']")
-    assert page.locator("#studio-hud").inner_text() == "connected — type a prompt"
-    page.locator("#prompt textarea").press_sequentially("a", delay=15)
-    wait_for_last_frame(page)
+    state = wait_for_last_frame(page)  # nothing typed
+    box = page.locator("#prompt textarea")
+    assert state["seq"] == "1" and box.input_value() == "" and box.get_attribute("placeholder")
+    assert page.evaluate("() => window.studio.state.prompt") == box.get_attribute("placeholder")  # what was drawn
     hud = page.locator("#studio-hud").inner_text()
-    assert hud.startswith("#1 ·") and "fps" not in hud  # one frame is no rate (it used to say 0.0 fps)
+    assert hud.startswith("#1 ·") and f"{studio.engine.live_steps} step" in hud and "fps" not in hud  # one frame is no rate
+    page.click("#randomize")  # the same prompt again: its embeddings are cached, and the HUD says so instead of "text 0"
+    page.wait_for_function("() => document.getElementById('studio-root').dataset.seq === '2'")
+    hud = page.locator("#studio-hud").inner_text()
+    assert "text cached" in hud and "encode 0 " not in hud and "encode 0.0 " not in hud.replace("·", " ")
     page.close()
 
 

@@ -55,10 +55,20 @@ def test_an_example_prompt_is_one_click_and_its_frame_is_drawn_upscaled(shapes_p
 
 def test_compare_puts_the_reference_first_then_fewer_steps(shapes_page, tmp_path):
     page, studio = shapes_page
+    swaps_before = studio.engine.model.weights.swaps
     rows = compare(page, len(studio.engine.steps))
     order = [int(rows.nth(i).locator("td").first.inner_text()) for i in range(rows.count())]
     assert order[0] == studio.engine.reference_steps == 32 and order[1:] == sorted(order[1:], reverse=True)
     assert "CFG 5" in page.locator("#compare-gallery").inner_text()
+    cells = {order[i]: [c.inner_text() for c in rows.nth(i).locator("td").all()] for i in range(rows.count())}
+    # steps | variant | adherence (measured, from the manifest) | text | swap | denoise | decode | total
+    assert cells[32][1:3] == ["reference", "59%"] and cells[2][1:3] == ["live", "29%"] and cells[1][1:3] == ["experimental", "1%"]
+    assert [page.locator("#steps label", has_text=t).count() for t in ("32 · reference", "2 · live", "1 · experimental")] == [1, 1, 1]
+    # the students' weights were copied into the one UNet for their rows, and the live variant's back after them
+    assert "swap" in page.locator("#compare-latency table thead").inner_text()
+    weights = studio.engine.model.weights
+    # live 2 -> base (32, 8) -> 4 -> 2 -> 1 -> back to 2
+    assert weights.current == weights.steps_to_set[studio.engine.live_steps] and weights.swaps - swaps_before == 5
     shot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "studio.png"
     page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] >= 1000

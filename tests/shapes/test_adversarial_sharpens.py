@@ -9,13 +9,15 @@ and their captions, the adversarial one against a fresh conditional D built from
 Sharpness is the judge's column: mean |Laplacian| of the 1-step pictures over that of real renders of the same
 prompts (1.0 = as sharp as the data), averaged over the run's checkpoints at steps 10, 20, 30 and 40. The average,
 because a short GAN run oscillates: a single checkpoint is one draw of that swing (in six seeds the adversarial
-student's last checkpoint ranged 0.73-1.35, the MSE student's 0.61-0.83). Measured over those six seeds (one torch
+student's last checkpoint ranged 0.73-1.35, the MSE student's 0.61-0.83). Measured over those six seeds, before timesteps were drawn per sample (one torch
 thread): the start at 0.55; mean over the run 0.84-1.58 adversarial, 0.64-0.76 MSE; adversarial / MSE 1.27-2.33.
 A student whose adversarial gradient never arrives stays at the start and fails both assertions.
 """
 
 import copy
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,22 +34,12 @@ from distill.shapes.metrics import laplacian_energy
 from distill.validation import decode, encode_prompts, sample_latents
 from pipelines.variants import SHAPES_FOLDER
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
+from tiny_inputs import LatentsInMemory  # noqa: E402  (what the trainer's latent cache serves, held in memory)
+
 STEPS, BATCH, LR, SCENES = 40, 8, 1e-4, 128
 STAGE = StageConfig("1step", 2, 1, (), prediction_type="sample")  # the shipped recipe's 1-step stage
 ALPHAS_BAR = alphas_cumprod()
-
-
-class ScenesInMemory:
-    """What the trainer's latent cache serves (len, batch of latents and conditioning), held in memory."""
-
-    def __init__(self, latents, cond: dict):
-        self.rows = {"latents": latents, **cond}
-
-    def __len__(self) -> int:
-        return len(self.rows["latents"])
-
-    def batch(self, indices) -> dict:
-        return {k: v[indices] for k, v in self.rows.items()}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def world():
     with torch.no_grad():
         scenes = images([training_scene(0, i) for i in range(SCENES)], 128)
         latents = torch.cat([vae.encode(b).latent_dist.mode() for b in scenes.split(32)]) * vae.config.scaling_factor
-    data = ScenesInMemory(latents, encode_prompts(components, captions_for(range(SCENES), 0, random.Random(0)), 128, "cpu"))
+    data = LatentsInMemory(latents, encode_prompts(components, captions_for(range(SCENES), 0, random.Random(0)), 128, "cpu"))
     draw = lambda generator: distill_steps.draw_batch(data, STAGE, BATCH, generator, ALPHAS_BAR, "cpu")  # noqa: E731
 
     prompts, seeds = evaluate._prompts_and_seeds(8, 2)

@@ -196,3 +196,16 @@ def test_eval_cli_scores_a_shipped_model_and_writes_json_table_and_grid(finished
     from PIL import Image
 
     assert Image.open(tmp_path / "grid.png").size == (150 + 6 * 64, 3 * 64)  # a label strip, then 2 prompts per group
+
+
+def test_offset_noise_shifts_each_sample_and_channel_by_one_constant():
+    from distill.shapes.train_base import offset_noise
+
+    noise = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert offset_noise(noise, 0.0, torch.Generator()) is noise
+    shifted = offset_noise(noise, 0.1, torch.Generator().manual_seed(1))
+    shift = shifted - noise
+    torch.testing.assert_close(shift, shift[..., :1, :1].expand_as(shift))  # constant over H, W
+    expected = 0.1 * torch.randn((3, 4, 1, 1), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(shift[..., :1, :1], expected)  # offset x N(0, 1) per (sample, channel)
+    assert len(set(shift[..., 0, 0].flatten().tolist())) == 12
