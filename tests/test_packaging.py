@@ -89,9 +89,12 @@ def test_a_fresh_virtualenv_runs_the_studio_from_its_console_script_and_finds_di
         assert health["model"] == "tiny" and health["warm"]
         with connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}", open_timeout=LIMIT_S) as ws:
             assert json.loads(ws.recv(LIMIT_S))["type"] == "status"
-            ws.send(json.dumps({"type": "generate", "seq": 1, "prompt": "a red fox", "seed": 0, "steps": health["live_steps"], "width": 64, "height": 64}))
+            width, height = health["sizes"][0]  # a size the studio declares (any other is refused)
+            ws.send(
+                json.dumps({"type": "generate", "seq": 1, "prompt": "a red fox", "seed": 0, "steps": health["live_steps"], "width": width, "height": height})
+            )
             while isinstance(data := ws.recv(LIMIT_S), str):
-                pass
+                assert json.loads(data)["type"] != "error", data  # an error reply would otherwise leave the loop waiting
         header, jpeg = unpack_frame(data)
         assert header["seq"] == 1 and jpeg[:2] == b"\xff\xd8"
     finally:
