@@ -11,7 +11,7 @@ for Compare), run under FakeTensorMode: every op runs for real on shapes and dty
 takes seconds on a CPU for the real SDXL architecture. The stages run one after another, so the activation peak is
 the largest stage's. The text encoders' activations (77 tokens) are a few MB and are not counted.
 
-What that count leaves out, derived from the one measured GPU anchor (REFERENCE.md: stock StableDiffusionXLPipeline,
+What that count leaves out, derived from the one measured GPU anchor (docs/benchmarks.md §4: stock StableDiffusionXLPipeline,
 fp16, 1024², 1 step, H200, peak 11.7 GiB): the same count for that call (UNet and text encoders in fp16, the VAE
 upcast to fp32 as diffusers does for SDXL's own VAE, the fp32 decode at batch 1 being the largest stage) predicts
 9.62 GiB; the 2.08 GiB difference is what the allocator and the cuDNN/cuBLAS workspaces add, and is added to every
@@ -40,10 +40,10 @@ from .variant_weights import weight_set
 from .variants import ModelSpec
 
 GIB = 2**30
-ANCHOR_STOCK_PEAK_BYTES = int(11.7 * GIB)  # REFERENCE.md §3, see the module docstring
+ANCHOR_STOCK_PEAK_BYTES = int(11.7 * GIB)  # docs/benchmarks.md §4, see the module docstring
 ALLOWANCE_BYTES = int(2.08 * GIB)  # the anchor less this module's count of the same call (tests recompute it)
 CUDA_CONTEXT_BYTES = GIB // 2
-# ByteDance's rank-64 SDXL-Lightning LoRA files are 394 MB each (REFERENCE.md §10); used when a LoRA is not at hand.
+# ByteDance's rank-64 SDXL-Lightning LoRA files are 394 MB each (docs/benchmarks.md §4); used when a LoRA is not at hand.
 PUBLISHED_LORA_BYTES = 394 * 10**6
 
 

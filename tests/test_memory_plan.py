@@ -21,7 +21,7 @@ def placements(plan) -> dict[int, str]:
 
 
 def test_sdxl_weight_bytes_are_the_published_parameter_counts_in_fp16(lightning):
-    # UNet 2.567 B, text encoders 0.123 B + 0.695 B, VAE 0.084 B parameters (REFERENCE.md), 2 bytes each.
+    # UNet 2.567 B, text encoders 0.123 B + 0.695 B, VAE 0.084 B parameters (docs/benchmarks.md §4), 2 bytes each.
     assert lightning.components["unet"] == 2 * 2_567_463_684
     assert round(lightning.components["text_encoder"] / 2e9, 3) == 0.123 and round(lightning.components["text_encoder_2"] / 2e9, 3) == 0.695
     assert round(lightning.components["vae"] / 2e9, 3) == 0.084
@@ -48,7 +48,7 @@ def test_a_plan_that_cannot_fit_says_what_to_change_in_one_line(lightning):
 
 
 def test_the_allowance_is_the_measured_stock_peak_less_this_models_count_of_that_call(lightning):
-    """REFERENCE.md's stock call (fp16 UNet and text encoders, the VAE upcast to fp32, 1024², batch 1) peaked at
+    """The stock call of docs/benchmarks.md §4 (fp16 UNet and text encoders, the VAE upcast to fp32, 1024², batch 1) peaked at
     11.7 GiB; the allowance added to every plan is what this module's count of that same call leaves out."""
     build = memory_plan.component_builders(variants.resolve("random-sdxl"))
     weights = sum(lightning.components[name] for name in ("unet", "text_encoder", "text_encoder_2")) + memory_plan.weight_bytes(build["vae"], torch.float32)
