@@ -188,7 +188,7 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, previe
     if spec.base in BUILTIN_BASES:
         pipe, vae_tiny = _builtin_pipeline(spec.base)
     else:
-        # When every variant brings its own UNet the base UNet would be 5 GB of dead weight: build the module from one.
+        # When every variant brings its own UNet the base UNet would be a whole UNet of dead weight: build the module from one.
         shared = None if uses_base else _unet_from_state(_hub_unet_config(spec.base), states[weight_set(with_unet[0])])
         pipe = _hub_pipeline(spec, dtype, device, unet=shared)
         # A local model may ship its own preview decoder (vae_tiny/), trained for its latent space; SDXL's is TAESD-XL.

@@ -43,7 +43,7 @@ GIB = 2**30
 ANCHOR_STOCK_PEAK_BYTES = int(11.7 * GIB)  # docs/benchmarks.md §4, see the module docstring
 ALLOWANCE_BYTES = int(2.08 * GIB)  # the anchor less this module's count of the same call (tests recompute it)
 CUDA_CONTEXT_BYTES = GIB // 2
-# ByteDance's rank-64 SDXL-Lightning LoRA files are 394 MB each (docs/benchmarks.md §4); used when a LoRA is not at hand.
+# The published size of ByteDance's rank-64 SDXL-Lightning LoRA files (docs/benchmarks.md §4): a plan needs it before a LoRA is at hand.
 PUBLISHED_LORA_BYTES = 394 * 10**6
 
 
