@@ -20,8 +20,10 @@ def shapes_page():
     from realtime.server import create_app
     from realtime.studio import Studio, StudioConfig
 
-    engine = load_engine(device="cpu")  # the default, as `python app.py` picks it on a machine without CUDA
-    studio = Studio(engine, StudioConfig(max_clients=4)).start()
+    # The default model, as `python app.py` picks it on a machine without CUDA. One request per engine call: nothing here
+    # batches, and warming batches 2..4 of every variant and size would take most of this file's time.
+    engine = load_engine(device="cpu", max_batch=1)
+    studio = Studio(engine, StudioConfig(max_clients=4, max_batch=1)).start()
     wait_until(lambda: studio.worker.ready, "warm-up", limit_s=300)
     with serve(create_app(studio)) as address, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
