@@ -45,7 +45,8 @@ def test_app_main_starts_says_which_model_runs_and_why_on_the_page_and_stops_on_
     env.pop("STUDIO_ARGS", None)
     log = tmp_path / "app.log"
     with open(log, "w") as out:
-        app = subprocess.Popen([*command, "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # --max-batch 1: one typist here, and warming batches 2..4 of every variant and size would be most of the wait.
+        app = subprocess.Popen([*command, "--port", str(port), "--device", "cpu", "--max-batch", "1"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
 
         def warm() -> bool:
