@@ -15,10 +15,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_engine():
-    """One tiny-model engine (CPU, fp32, eager) shared by the tests that only read from it."""
+    """One tiny-model engine (CPU, fp32, eager) shared by the tests that only read from it. Eager runs any batch; only
+    warm-up reads max_batch, and warming batch 1 is enough for the tests that warm this engine."""
     from pipelines import load_engine
 
-    return load_engine("tiny", device="cpu")
+    return load_engine("tiny", device="cpu", max_batch=1)
 
 
 @pytest.fixture
