@@ -24,8 +24,9 @@ from pipelines.architectures import tiny_components
 from pipelines.denoiser import unet_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import phase, plan, stage_unet, train_subprocess  # noqa: E402
+from test_train import phase, plan, stage_unet  # noqa: E402
 from tiny_inputs import make_cond  # noqa: E402
+from two_processes import two_step_plan  # noqa: E402
 
 ALPHAS_BAR = alphas_cumprod()
 
@@ -155,22 +156,13 @@ def test_each_stage_learns_from_the_previous_stages_merged_student(tmp_path, mon
     assert torch.allclose(seen[3], base_out, atol=1e-6)
 
 
-def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batch(tmp_path):
-    """2 processes x batch 1 against 1 process x batch 1 x 2 accumulated micro-batches: the same samples (micro-batch
-    k of process r draws with the seed of global micro-batch k * processes + r), the same averaged gradients, so the
-    same students after two steps of every phase kind, adversarial ones included."""
-    stages = [
-        {
-            "name": "2step",
-            "teacher_steps": 4,
-            "student_steps": 2,
-            "phases": [phase("conditional", "lora", renoise_weights=[1, 1, 1, 1]), phase("unconditional", "full", teacher="previous")],
-        }
-    ]
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    one = train_subprocess(tmp_path / "one", plan(tmp_path / "one", stages, batch_size=1, gradient_accumulation_steps=2, checkpoint_every=1000), 1)
-    two = train_subprocess(tmp_path / "two", plan(tmp_path / "two", stages, batch_size=1, checkpoint_every=1000), 2)
+def test_two_ddp_processes_train_what_one_process_trains_on_the_same_global_batch(tmp_path, ddp_run):
+    """2 processes x batch 1 (tests/distill/two_processes.py) against this process x batch 1 x 2 accumulated
+    micro-batches: the same samples (micro-batch k of process r draws with the seed of global micro-batch
+    k * processes + r), the same averaged gradients, so the same students after two steps of every phase kind,
+    adversarial ones included."""
+    distill_train.train(parse_config(two_step_plan(tmp_path, gradient_accumulation_steps=2)))
+    one, two = tmp_path / "run", ddp_run[0]
     a, b = stage_unet(one, "2step"), stage_unet(two, "2step")
     base = tiny_components(0)["unet"].state_dict()
     assert any(not torch.equal(a[k], base[k]) for k in a)
