@@ -36,9 +36,12 @@ def request(seq: int, prompt: str = "noise") -> str:
 
 async def never_reading_client(address: str, sent: int, done: threading.Event) -> None:
     """Sends `sent` requests, one per frame it would have received, and never reads: its library stops reading the
-    socket once one message is queued (max_queue=1), so the server's sends block. Keeps the socket open until done."""
-    async with async_connect(f"ws://{address}/ws", max_queue=1, max_size=None) as ws:
+    socket once one message is queued (max_queue=1), so the server's sends block. Keeps the socket open until done,
+    then closes without waiting long for a closing handshake that its unread queue holds up."""
+    async with async_connect(f"ws://{address}/ws", max_queue=1, max_size=None, close_timeout=0.5) as ws:
         for seq in range(1, sent + 1):
+            if done.is_set():
+                break
             await ws.send(request(seq))
             await asyncio.sleep(0.05)
         while not done.is_set():
