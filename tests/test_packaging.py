@@ -81,9 +81,9 @@ def test_a_fresh_virtualenv_runs_the_studio_from_its_console_script_and_finds_di
     port = free_port()
     log = elsewhere / "studio.log"
     with open(log, "w") as out:
-        studio = subprocess.Popen(
-            [str(venv / "bin" / "lightning-studio"), "--model", "tiny", "--port", str(port)], cwd=elsewhere, env=env, stdout=out, stderr=out
-        )
+        # --max-batch 1: one request here, and warming batches 2..4 of every variant would be most of the start.
+        command = [str(venv / "bin" / "lightning-studio"), "--model", "tiny", "--port", str(port), "--max-batch", "1"]
+        studio = subprocess.Popen(command, cwd=elsewhere, env=env, stdout=out, stderr=out)
     try:
         health = wait_for_health(f"http://127.0.0.1:{port}/healthz", studio, log)
         assert health["model"] == "tiny" and health["warm"]
