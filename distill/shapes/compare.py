@@ -126,28 +126,49 @@ def check_pairs(pairs: list[Pair], rows: list[Row]) -> None:
 
 
 def paired(results: list[dict], pair: Pair, resamples: int) -> dict:
-    """Per group, B's adherence minus A's on the same prompts and seeds: the difference with its 95 % interval from a
-    bootstrap over prompts (both sides take the same resample), and McNemar's discordant images with the exact p."""
-    by_key = {(r["label"], r["steps"]): r["per_image"] for r in results}
-    a, b = by_key[pair.a], by_key[pair.b]
+    """B minus A on the same prompts and seeds, per group: adherence (the difference, its 95 % interval from a
+    bootstrap over prompts in which both sides take the same resample, McNemar's discordant images with the exact p)
+    and the Fréchet distance (the difference and its centred 95 % interval, both against the same real images)."""
+    by_key = {(r["label"], r["steps"]): r for r in results}
+    a, b = by_key[pair.a]["per_image"], by_key[pair.b]["per_image"]
     weights = stats.stratified_cluster_weights(a["prompt"], a["group"], resamples, evaluate.BOOTSTRAP_SEED)
-    groups = {}
+    adherence = {}
     for group in evaluate.GROUPS:
         mask = a["group"] == group
-        groups[group] = {kind: stats.paired_difference(a[kind][mask], b[kind][mask], weights[:, mask]) for kind in evaluate.ADHERENCE_KINDS}
-    return {"a": "{}:{}".format(*pair.a), "b": "{}:{}".format(*pair.b), "groups": groups}
+        adherence[group] = {
+            kind: stats.paired_difference(a["right"][kind][mask], b["right"][kind][mask], weights[:, mask]) for kind in evaluate.ADHERENCE_KINDS
+        }
+    frechet_a = stats.frechet_bootstrap(a["features"], a["features_real"], weights, a["group"])
+    frechet_b = stats.frechet_bootstrap(b["features"], b["features_real"], weights, b["group"])
+    frechet = {}
+    for group, resampled_a, resampled_b in [("all", frechet_a[1], frechet_b[1])] + [(g, frechet_a[0][g], frechet_b[0][g]) for g in evaluate.GROUPS]:
+        point = by_key[pair.b][group]["frechet_distance"] - by_key[pair.a][group]["frechet_distance"]
+        frechet[group] = {"difference": point, "difference_ci95": stats.centred_interval(point, resampled_b - resampled_a)}
+    return {"a": "{}:{}".format(*pair.a), "b": "{}:{}".format(*pair.b), "adherence": adherence, "frechet": frechet}
 
 
 def paired_table(comparison: dict) -> str:
-    """Markdown: per group and adherence kind, B - A with its interval and the discordant images."""
+    """Markdown: per group, B - A in adherence (with and without the background) and in Fréchet distance, each with
+    its interval, and McNemar's discordant images for adherence."""
     lines = [
         f"{comparison['b']} minus {comparison['a']}, same prompts and seeds:",
-        "| group | adherence | B - A | 95 % interval | only A right | only B right | McNemar p |",
+        "| group | measure | B - A | 95 % interval | only A right | only B right | McNemar p |",
         "|---|---|---|---|---|---|---|",
     ]
-    for group, kinds in comparison["groups"].items():
+    for group, kinds in comparison["adherence"].items():
         for kind, d in kinds.items():
             lo, hi = d["difference_ci95"]
-            cells = (group, kind, f"{d['difference']:+.1%}", f"[{lo:+.1%}, {hi:+.1%}]", d["only_a_right"], d["only_b_right"], f"{d['mcnemar_p']:.3g}")
+            cells = (
+                group,
+                f"adherence ({kind})",
+                f"{d['difference']:+.1%}",
+                f"[{lo:+.1%}, {hi:+.1%}]",
+                d["only_a_right"],
+                d["only_b_right"],
+                f"{d['mcnemar_p']:.3g}",
+            )
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for group, d in comparison["frechet"].items():
+        lo, hi = d["difference_ci95"]
+        lines.append(f"| {group} | Fréchet | {d['difference']:+.0f} | [{lo:+.0f}, {hi:+.0f}] | | | |")
     return "\n".join(lines)

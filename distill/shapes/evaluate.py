@@ -124,20 +124,23 @@ def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, re
         result[g] = subset(group_of == g)
     judged = [metrics.image_adherence(pred, i, spec) for i, spec in enumerate(specs)]
     right = {name: np.array([r[name] for r in judged]) for name in ADHERENCE_KINDS}
-    add_intervals(result, right, pred["features"].numpy(), pred_real["features"].numpy(), names, group_of, resamples)
-    result["per_image"] = {"prompt": names, "group": group_of} | right  # for paired comparisons; dropped from JSON
+    features, features_real = pred["features"].numpy(), pred_real["features"].numpy()
+    add_intervals(result, right, features, features_real, names, group_of, resamples)
+    # what paired comparisons need, image by image; dropped from JSON
+    result["per_image"] = {"prompt": names, "group": group_of, "right": right, "features": features, "features_real": features_real}
     result["samples"] = images  # callers that make figures take these; dropped from JSON
     return result
 
 
 def add_intervals(result: dict, right: dict, features, features_real, names, group_of, resamples: int) -> None:
-    """95 % percentile intervals of every group's and the whole set's adherence and Fréchet distance, from a bootstrap
-    over prompts within each group (seeds stay with their prompt; generated and real images resampled together)."""
+    """95 % intervals of every group's and the whole set's adherence (percentile) and Fréchet distance (percentile,
+    centred on the point value: stats.centred_interval), from a bootstrap over prompts within each group (seeds stay
+    with their prompt; generated and real images are resampled together)."""
     weights = stats.stratified_cluster_weights(names, group_of, resamples, BOOTSTRAP_SEED)
     frechet_groups, frechet_all = stats.frechet_bootstrap(features, features_real, weights, group_of)
     everything = np.ones(len(names), bool)
     for key, mask, frechet in [("all", everything, frechet_all)] + [(g, group_of == g, frechet_groups[g]) for g in GROUPS]:
-        result[key]["frechet_ci95"] = stats.percentile_interval(frechet)
+        result[key]["frechet_ci95"] = stats.centred_interval(result[key]["frechet_distance"], frechet)
         result[key]["adherence_ci95"] = {k: stats.percentile_interval(stats.weighted_means(v[mask], weights[:, mask])) for k, v in right.items()}
 
 

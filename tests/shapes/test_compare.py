@@ -114,12 +114,16 @@ def test_compare_cli_writes_one_labelled_table_with_intervals_and_paired_compari
 
     same, steps = json.loads(out.read_text())["paired"]
     assert (same["a"], same["b"]) == ("base:1", "again:1")
-    for kinds in same["groups"].values():  # identical images: nothing differs, and nothing is uncertain
+    for kinds in same["adherence"].values():  # identical images: nothing differs, and nothing is uncertain
         for d in kinds.values():
             assert d == {"difference": 0.0, "difference_ci95": [0.0, 0.0], "only_a_right": 0, "only_b_right": 0, "mcnemar_p": 1.0}
-    for group, kinds in steps["groups"].items():  # 2 steps minus 1 step: the rows' own adherence, image by image
+    assert all(d == {"difference": 0.0, "difference_ci95": [0.0, 0.0]} for d in same["frechet"].values())
+    for group, kinds in steps["adherence"].items():  # 2 steps minus 1 step: the rows' own adherence, image by image
         for kind, d in kinds.items():
             gain = rows[0][group]["adherence"][kind] - rows[1][group]["adherence"][kind]
             assert d["difference"] == pytest.approx(gain) == pytest.approx((d["only_b_right"] - d["only_a_right"]) / 4)  # 2 prompts x 2 seeds
             assert d["difference_ci95"][0] <= d["difference_ci95"][1]
+    for group, d in steps["frechet"].items():
+        assert d["difference"] == pytest.approx(rows[0][group]["frechet_distance"] - rows[1][group]["frechet_distance"])
+        assert d["difference_ci95"][0] <= d["difference_ci95"][1]
     assert "base:2 minus base:1, same prompts and seeds" in result.stdout

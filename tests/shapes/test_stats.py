@@ -65,8 +65,26 @@ def test_frechet_interval_covers_the_true_distance_of_two_gaussians():
     a, b = rng.normal(size=(4000, 8)), rng.normal(size=(4000, 8)) + shift
     weights = stats.stratified_cluster_weights(np.arange(4000), np.zeros(4000, int), 200, seed=5)
     _, pooled = stats.frechet_bootstrap(a, b, weights, np.zeros(4000, int))
-    lo, hi = stats.percentile_interval(pooled)
+    lo, hi = stats.centred_interval(metrics.frechet_distance(a, b), pooled)
     assert lo < 4.0 < hi and hi - lo < 0.6
+
+
+def test_centred_interval_moves_the_percentile_interval_onto_the_point_value():
+    resamples = np.arange(101.0) + 50  # mean 100, percentiles 52.5 and 147.5
+    assert stats.centred_interval(90.0, resamples) == pytest.approx([42.5, 137.5])
+
+
+def test_repeated_prompts_inflate_a_small_set_s_frechet_resamples_and_the_centred_interval_keeps_the_point_value():
+    """Two samples of one Gaussian in 16 dimensions, 60 items each: the distance's small-sample bias is large, and a
+    resample with a third of its items repeated is farther still."""
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(60, 16)), rng.normal(size=(60, 16))
+    weights = stats.stratified_cluster_weights(np.arange(60), np.zeros(60, int), 200, seed=0)
+    _, pooled = stats.frechet_bootstrap(a, b, weights, np.zeros(60, int))
+    point = metrics.frechet_distance(a, b)
+    assert stats.percentile_interval(pooled)[0] > point  # the plain interval misses the point value
+    lo, hi = stats.centred_interval(point, pooled)
+    assert lo < point < hi
 
 
 def test_paired_difference_of_identical_runs_is_exactly_zero():
