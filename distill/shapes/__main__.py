@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
   python -m distill.shapes render --out runs/shapes-data --count 10000                       # captioned images for distill
   python -m distill.shapes compare --row "base=shapes:32,1" --row "MSE=runs/exports/mse:1" --json t.json   # one table
+  python -m distill.shapes compare --row "base=shapes:2" --row "new=runs/exports/x:2" --paired base:2,new:2 --json t.json  # new - base
 docs: docs/shapes.md"""
 
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="A_LABEL:STEPS,B_LABEL:STEPS",
-        help="also report B's adherence minus A's on the same prompts and seeds, with a 95%% interval and McNemar's test (repeat)",
+        help="also report B minus A on the same prompts and seeds: adherence (with McNemar's test) and Fréchet distance, each with a 95%% interval (repeat)",
     )
     cmp.add_argument("--json", type=Path, required=True)
     cmp.add_argument("--grid", type=Path, default=None)
@@ -99,7 +100,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, prompts_per_group: i
         help=f"prompts per group (single, two, held_out; smaller sets are prefixes of larger ones; default {prompts_per_group})",
     )
     parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
-    parser.add_argument("--bootstrap", type=int, default=200, help="resamples of the prompts for the 95%% intervals")
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples of the prompts for the 95%% intervals (default 200)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (timings are steadier with 1)")
 
 

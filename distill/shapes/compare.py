@@ -138,12 +138,11 @@ def paired(results: list[dict], pair: Pair, resamples: int) -> dict:
         adherence[group] = {
             kind: stats.paired_difference(a["right"][kind][mask], b["right"][kind][mask], weights[:, mask]) for kind in evaluate.ADHERENCE_KINDS
         }
-    frechet_a = stats.frechet_bootstrap(a["features"], a["features_real"], weights, a["group"])
-    frechet_b = stats.frechet_bootstrap(b["features"], b["features_real"], weights, b["group"])
     frechet = {}
-    for group, resampled_a, resampled_b in [("all", frechet_a[1], frechet_b[1])] + [(g, frechet_a[0][g], frechet_b[0][g]) for g in evaluate.GROUPS]:
+    for group in ("all",) + evaluate.GROUPS:  # both rows' resamples drew the same prompts (the same weights)
         point = by_key[pair.b][group]["frechet_distance"] - by_key[pair.a][group]["frechet_distance"]
-        frechet[group] = {"difference": point, "difference_ci95": stats.centred_interval(point, resampled_b - resampled_a)}
+        resampled = by_key[pair.b]["frechet_resamples"][group] - by_key[pair.a]["frechet_resamples"][group]
+        frechet[group] = {"difference": point, "difference_ci95": stats.centred_interval(point, resampled)}
     return {"a": "{}:{}".format(*pair.a), "b": "{}:{}".format(*pair.b), "adherence": adherence, "frechet": frechet}
 
 

@@ -23,7 +23,7 @@ PROMPT_SEED = 30_000_001
 GROUPS = ("single", "two", "held_out")
 ADHERENCE_KINDS = ("all", "no_background")  # every asked attribute right; the same without the background
 BOOTSTRAP_SEED = 7  # every row resamples the same prompts, so rows of one run are comparable
-NOT_JSON = ("samples", "per_image")
+NOT_JSON = ("samples", "per_image", "frechet_resamples")
 
 
 @dataclass(frozen=True)
@@ -125,23 +125,26 @@ def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, re
     judged = [metrics.image_adherence(pred, i, spec) for i, spec in enumerate(specs)]
     right = {name: np.array([r[name] for r in judged]) for name in ADHERENCE_KINDS}
     features, features_real = pred["features"].numpy(), pred_real["features"].numpy()
-    add_intervals(result, right, features, features_real, names, group_of, resamples)
-    # what paired comparisons need, image by image; dropped from JSON
-    result["per_image"] = {"prompt": names, "group": group_of, "right": right, "features": features, "features_real": features_real}
+    # what paired comparisons need (dropped from JSON): every image's verdicts, and every resample's Fréchet distances
+    result["frechet_resamples"] = add_intervals(result, right, features, features_real, names, group_of, resamples)
+    result["per_image"] = {"prompt": names, "group": group_of, "right": right}
     result["samples"] = images  # callers that make figures take these; dropped from JSON
     return result
 
 
-def add_intervals(result: dict, right: dict, features, features_real, names, group_of, resamples: int) -> None:
+def add_intervals(result: dict, right: dict, features, features_real, names, group_of, resamples: int) -> dict:
     """95 % intervals of every group's and the whole set's adherence (percentile) and Fréchet distance (percentile,
     centred on the point value: stats.centred_interval), from a bootstrap over prompts within each group (seeds stay
-    with their prompt; generated and real images are resampled together)."""
+    with their prompt; generated and real images are resampled together). Returns the resamples' Fréchet distances
+    per group and for "all"."""
     weights = stats.stratified_cluster_weights(names, group_of, resamples, BOOTSTRAP_SEED)
     frechet_groups, frechet_all = stats.frechet_bootstrap(features, features_real, weights, group_of)
+    frechet = {"all": frechet_all} | frechet_groups
     everything = np.ones(len(names), bool)
-    for key, mask, frechet in [("all", everything, frechet_all)] + [(g, group_of == g, frechet_groups[g]) for g in GROUPS]:
-        result[key]["frechet_ci95"] = stats.centred_interval(result[key]["frechet_distance"], frechet)
+    for key, mask in [("all", everything)] + [(g, group_of == g) for g in GROUPS]:
+        result[key]["frechet_ci95"] = stats.centred_interval(result[key]["frechet_distance"], frechet[key])
         result[key]["adherence_ci95"] = {k: stats.percentile_interval(stats.weighted_means(v[mask], weights[:, mask])) for k, v in right.items()}
+    return frechet
 
 
 def summary_row(result: dict) -> dict:

@@ -81,7 +81,7 @@ def frechet_bootstrap(a: np.ndarray, b: np.ndarray, weights: np.ndarray, strata:
     paired (same prompt and seed) and both take weight w_bi, so a resample redraws whole prompts on both sides.
     Returns ({stratum: (resamples,)}, (resamples,)). The pooled set's moments are the sums of the strata's, so its
     covariances cost nothing extra. Repeated items shrink a resample's effective size, and the distance's positive
-    small-sample bias grows as it shrinks: the distribution sits a little above the point value."""
+    small-sample bias grows as it shrinks: the distribution sits above the point value (centred_interval)."""
     names = list(dict.fromkeys(strata.tolist()))
     rows = {s: np.flatnonzero(strata == s) for s in names}
     parts = {s: (a[rows[s]].astype(np.float64), b[rows[s]].astype(np.float64)) for s in names}
