@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
   python -m distill.shapes render --out runs/shapes-data --count 10000                       # captioned images for distill
   python -m distill.shapes compare --row "base=shapes:32,1" --row "MSE=runs/exports/mse:1" --json t.json   # one table
+  python -m distill.shapes compare --row "base=shapes:2" --row "new=runs/exports/x:2" --paired base:2,new:2 --json t.json  # new - base
 docs: docs/shapes.md"""
 
 
@@ -65,11 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL=MODEL:STEPS[,STEPS]",
         help="MODEL: anything --model takes, lora-phases:RUN_DIR or from-base:EXPORT_DIR (see distill/shapes/compare.py)",
     )
+    cmp.add_argument(
+        "--paired",
+        dest="pairs",
+        action="append",
+        default=[],
+        metavar="A_LABEL:STEPS,B_LABEL:STEPS",
+        help="also report B minus A on the same prompts and seeds: adherence (with McNemar's test) and Fréchet distance, each with a 95%% interval (repeat)",
+    )
     cmp.add_argument("--json", type=Path, required=True)
     cmp.add_argument("--grid", type=Path, default=None)
-    cmp.add_argument("--per-group", type=int, default=32)
-    cmp.add_argument("--seeds", type=int, default=4)
-    cmp.add_argument("--threads", type=int, default=None)
+    add_sampling_arguments(cmp, prompts_per_group=256)
 
     ev = sub.add_parser("eval", help="generate the evaluation prompts with a model variant and score them with the judge")
     ev.add_argument("--model", default="shapes", help="anything --model takes: shapes, a distill export folder, ...")
@@ -77,11 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, required=True, help="where to write the metrics")
     ev.add_argument("--grid", type=Path, default=None, help="also write a PNG: the same prompts and seed across the rows")
     ev.add_argument("--round-trip", action="store_true", help="add a row: real renders through the model's autoencoder (its ceiling)")
-    ev.add_argument("--per-group", type=int, default=32, help="prompts per group (single, two, held_out)")
-    ev.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
     ev.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped one)")
-    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (timings are steadier with 1)")
+    add_sampling_arguments(ev, prompts_per_group=32)
     return parser
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, prompts_per_group: int) -> None:
+    """How many images the judge sees, and how its intervals are drawn (shared by eval and compare)."""
+    parser.add_argument(
+        "--prompts-per-group",
+        "--per-group",
+        dest="per_group",
+        type=int,
+        default=prompts_per_group,
+        help=f"prompts per group (single, two, held_out; smaller sets are prefixes of larger ones; default {prompts_per_group})",
+    )
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples of the prompts for the 95%% intervals (default 200)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (timings are steadier with 1)")
 
 
 def main(argv=None) -> int:
@@ -159,9 +179,9 @@ def run_eval(args) -> None:
 
     scorer = load_judge(args)
     engine = load_engine(args.model, device="cpu", steps=args.steps)
-    rows = [evaluate.evaluate(engine, scorer, n, args.per_group, args.seeds, engine.default_size) for n in args.steps]
+    rows = [evaluate.evaluate(engine, scorer, n, args.per_group, args.seeds, engine.default_size, args.bootstrap) for n in args.steps]
     if args.round_trip:
-        rows.append(evaluate.round_trip(engine.pipe.vae, scorer, args.per_group, args.seeds, engine.default_size))
+        rows.append(evaluate.round_trip(engine.pipe.vae, scorer, args.per_group, args.seeds, engine.default_size, args.bootstrap))
     evaluate.write_json(rows, args.json, args.model)
     print(evaluate.markdown_table(rows, args.model))
     if args.grid:
@@ -173,9 +193,14 @@ def run_compare(args) -> None:
     from . import compare, evaluate
 
     rows = [compare.parse_row(text) for text in args.rows]
-    results = compare.compare(rows, load_judge(args), args.per_group, args.seeds)
-    evaluate.write_json(results, args.json, "compare")
+    pairs = [compare.parse_pair(text) for text in args.pairs]
+    compare.check_pairs(pairs, rows)  # before the long run: a wrong pair is answered at once
+    results = compare.compare(rows, load_judge(args), args.per_group, args.seeds, args.bootstrap)
+    comparisons = [compare.paired(results, pair, args.bootstrap) for pair in pairs]
+    evaluate.write_json(results, args.json, "compare", comparisons)
     print(evaluate.markdown_table(results, "compare"))
+    for comparison in comparisons:
+        print("\n" + compare.paired_table(comparison))
     if args.grid:
         evaluate.save_grid(results, args.grid)
         print(f"wrote {args.grid}")

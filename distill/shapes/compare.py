@@ -1,4 +1,5 @@
-"""One table across models: `python -m distill.shapes compare --row LABEL=MODEL:STEPS,... ... --json out.json`.
+"""One table across models: `python -m distill.shapes compare --row LABEL=MODEL:STEPS,... ... --json out.json`,
+and paired comparisons between two of its entries (`--paired A_LABEL:STEPS,B_LABEL:STEPS`).
 
 Every row is evaluated on the same prompts and held-out seeds with the same judge. MODEL is anything `--model`
 takes (shapes, a `distill export` folder), or one of two views of a distill run that are not model folders yet:
@@ -17,7 +18,7 @@ from pipelines import load_engine
 from pipelines.errors import StudioError
 from pipelines.variants import MANIFEST_NAME, Variant, write_manifest
 
-from . import evaluate
+from . import evaluate, stats
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def resolve(model: str, scratch: Path) -> str:
     return str(views[kind](Path(path), out))
 
 
-def compare(rows: list[Row], scorer, per_group: int, seeds: int) -> list[dict]:
+def compare(rows: list[Row], scorer, per_group: int, seeds: int, resamples: int) -> list[dict]:
     """Evaluate every (row, step count); each result carries its row's label and model."""
     results = []
     progress = tqdm(total=sum(len(row.steps) for row in rows), desc="compare", unit="row")
@@ -89,8 +90,84 @@ def compare(rows: list[Row], scorer, per_group: int, seeds: int) -> list[dict]:
             engine = load_engine(resolve(row.model, Path(scratch)), device="cpu", steps=list(row.steps))
             for steps in row.steps:
                 progress.set_postfix_str(f"{row.label} {steps}")
-                result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, engine.default_size)
+                result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, engine.default_size, resamples)
                 results.append(result | {"label": row.label, "model": row.model})
                 progress.update()
     progress.close()
     return results
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two evaluated (label, steps) entries; differences are b - a."""
+
+    a: tuple[str, int]
+    b: tuple[str, int]
+
+
+def parse_pair(text: str) -> Pair:
+    """ "shipped:2,new:2" -> Pair(("shipped", 2), ("new", 2)): the second minus the first."""
+    sides = []
+    for side in text.split(","):
+        label, sep, steps = side.rpartition(":")
+        if sep and label and steps.isdigit():
+            sides.append((label, int(steps)))
+    if len(sides) != 2 or len(text.split(",")) != 2:
+        raise StudioError(f"--paired {text!r}: expected A_LABEL:STEPS,B_LABEL:STEPS (differences are B - A), e.g. 'shipped:2,new:2'")
+    return Pair(*sides)
+
+
+def check_pairs(pairs: list[Pair], rows: list[Row]) -> None:
+    """Every side of every pair names a row's label and one of its step counts."""
+    entries = [(row.label, steps) for row in rows for steps in row.steps]
+    for side in (side for pair in pairs for side in (pair.a, pair.b)):
+        if side not in entries:
+            raise StudioError(f"--paired: no row evaluates {side[0]}:{side[1]} (the rows give {', '.join(f'{k[0]}:{k[1]}' for k in entries)})")
+
+
+def paired(results: list[dict], pair: Pair, resamples: int) -> dict:
+    """B minus A on the same prompts and seeds, per group: adherence (the difference, its 95 % interval from a
+    bootstrap over prompts in which both sides take the same resample, McNemar's discordant images with the exact p)
+    and the Fréchet distance (the difference and its centred 95 % interval, both against the same real images)."""
+    by_key = {(r["label"], r["steps"]): r for r in results}
+    a, b = by_key[pair.a]["per_image"], by_key[pair.b]["per_image"]
+    weights = stats.stratified_cluster_weights(a["prompt"], a["group"], resamples, evaluate.BOOTSTRAP_SEED)
+    adherence = {}
+    for group in evaluate.GROUPS:
+        mask = a["group"] == group
+        adherence[group] = {
+            kind: stats.paired_difference(a["right"][kind][mask], b["right"][kind][mask], weights[:, mask]) for kind in evaluate.ADHERENCE_KINDS
+        }
+    frechet = {}
+    for group in ("all",) + evaluate.GROUPS:  # both rows' resamples drew the same prompts (the same weights)
+        point = by_key[pair.b][group]["frechet_distance"] - by_key[pair.a][group]["frechet_distance"]
+        resampled = by_key[pair.b]["frechet_resamples"][group] - by_key[pair.a]["frechet_resamples"][group]
+        frechet[group] = {"difference": point, "difference_ci95": stats.centred_interval(point, resampled)}
+    return {"a": "{}:{}".format(*pair.a), "b": "{}:{}".format(*pair.b), "adherence": adherence, "frechet": frechet}
+
+
+def paired_table(comparison: dict) -> str:
+    """Markdown: per group, B - A in adherence (with and without the background) and in Fréchet distance, each with
+    its interval, and McNemar's discordant images for adherence."""
+    lines = [
+        f"{comparison['b']} minus {comparison['a']}, same prompts and seeds:",
+        "| group | measure | B - A | 95 % interval | only A right | only B right | McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, kinds in comparison["adherence"].items():
+        for kind, d in kinds.items():
+            lo, hi = d["difference_ci95"]
+            cells = (
+                group,
+                f"adherence ({kind})",
+                f"{d['difference']:+.1%}",
+                f"[{lo:+.1%}, {hi:+.1%}]",
+                d["only_a_right"],
+                d["only_b_right"],
+                f"{d['mcnemar_p']:.3g}",
+            )
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for group, d in comparison["frechet"].items():
+        lo, hi = d["difference_ci95"]
+        lines.append(f"| {group} | Fréchet | {d['difference']:+.0f} | [{lo:+.0f}, {hi:+.0f}] | | | |")
+    return "\n".join(lines)

@@ -15,12 +15,15 @@ import numpy as np
 import torch
 
 from . import judge as judge_lib
-from . import metrics
+from . import metrics, stats
 from .captions import Spec, caption, scene_for
 from .world import HELD_OUT_PAIRS, render, scene_from_seed
 
 PROMPT_SEED = 30_000_001
 GROUPS = ("single", "two", "held_out")
+ADHERENCE_KINDS = ("all", "no_background")  # every asked attribute right; the same without the background
+BOOTSTRAP_SEED = 7  # every row resamples the same prompts, so rows of one run are comparable
+NOT_JSON = ("samples", "per_image", "frechet_resamples")
 
 
 @dataclass(frozen=True)
@@ -70,22 +73,22 @@ def generate(engine, prompts: list[Prompt], seeds: list[int], steps: int, resolu
     return np.stack(images), (time.perf_counter() - began) * 1000 / len(requests)
 
 
-def evaluate(engine, judge, steps: int, per_group: int = 32, seeds_per_prompt: int = 4, resolution: int = 128) -> dict:
+def evaluate(engine, judge, steps: int, per_group: int, seeds_per_prompt: int, resolution: int, resamples: int) -> dict:
     """A variant's images of the evaluation prompts, scored per group and over all prompts."""
     prompts, seeds = _prompts_and_seeds(per_group, seeds_per_prompt)
     images, ms = generate(engine, prompts, seeds, steps, resolution)
-    return score(images, prompts, seeds, judge, resolution) | {"steps": steps, "cpu_ms_per_image": round(ms, 1)}
+    return score(images, prompts, seeds, judge, resolution, resamples) | {"steps": steps, "cpu_ms_per_image": round(ms, 1)}
 
 
 @torch.no_grad()
-def round_trip(vae, judge, per_group: int = 32, seeds_per_prompt: int = 4, resolution: int = 128) -> dict:
+def round_trip(vae, judge, per_group: int, seeds_per_prompt: int, resolution: int, resamples: int) -> dict:
     """The autoencoder's ceiling: real renders of the same prompts through encode -> decode, scored as if generated.
     No UNet can do better than its autoencoder lets it."""
     prompts, seeds = _prompts_and_seeds(per_group, seeds_per_prompt)
     x = judge_lib.to_tensor(real_images(prompts, seeds, resolution, salt="round-trip")).to(vae.dtype)
     decoded = torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x.split(32)]).float()
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return score(images, prompts, seeds, judge, resolution) | {"steps": "autoencoder round trip", "cpu_ms_per_image": None}
+    return score(images, prompts, seeds, judge, resolution, resamples) | {"steps": "autoencoder round trip", "cpu_ms_per_image": None}
 
 
 def _prompts_and_seeds(per_group: int, seeds_per_prompt: int):
@@ -94,20 +97,21 @@ def _prompts_and_seeds(per_group: int, seeds_per_prompt: int):
     return [p for g in GROUPS for p in groups[g]], seeds
 
 
-def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, resolution: int) -> dict:
+def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, resolution: int, resamples: int) -> dict:
     """Metrics per group and over all prompts against real renders of the same prompts, plus the real-vs-real floor
-    of the Fréchet distance (two independent real sets of the same size)."""
+    of the Fréchet distance (two independent real sets of the same size), and 95 % intervals of adherence and the
+    Fréchet distance from `resamples` resamples of the prompts."""
     real, real_again = real_images(prompts, seeds, resolution), real_images(prompts, seeds, resolution, salt="floor")
     to_pred = lambda x: judge_lib.predict(judge, judge_lib.to_tensor(x))
     pred, pred_real, pred_again = to_pred(images), to_pred(real), to_pred(real_again)
     specs = [p.spec for p in prompts for _ in seeds]
-    names = [p.text for p in prompts for _ in seeds]
+    names = np.array([p.text for p in prompts for _ in seeds])
     group_of = np.array([p.group for p in prompts for _ in seeds])
 
     def subset(mask):
         pick = lambda d: {k: v[torch.from_numpy(mask)] for k, v in d.items()}
         idx = np.flatnonzero(mask)
-        return metrics.report(pick(pred), pick(pred_real), images[idx], real[idx], [specs[i] for i in idx], [names[i] for i in idx])
+        return metrics.report(pick(pred), pick(pred_real), images[idx], real[idx], [specs[i] for i in idx], names[idx].tolist())
 
     result = {
         "images": len(images),
@@ -118,18 +122,43 @@ def score(images: np.ndarray, prompts: list[Prompt], seeds: list[int], judge, re
     result["all"]["frechet_floor_real_vs_real"] = metrics.frechet_distance(pred_again["features"].numpy(), pred_real["features"].numpy())
     for g in GROUPS:
         result[g] = subset(group_of == g)
+    judged = [metrics.image_adherence(pred, i, spec) for i, spec in enumerate(specs)]
+    right = {name: np.array([r[name] for r in judged]) for name in ADHERENCE_KINDS}
+    features, features_real = pred["features"].numpy(), pred_real["features"].numpy()
+    # what paired comparisons need (dropped from JSON): every image's verdicts, and every resample's Fréchet distances
+    result["frechet_resamples"] = add_intervals(result, right, features, features_real, names, group_of, resamples)
+    result["per_image"] = {"prompt": names, "group": group_of, "right": right}
     result["samples"] = images  # callers that make figures take these; dropped from JSON
     return result
 
 
+def add_intervals(result: dict, right: dict, features, features_real, names, group_of, resamples: int) -> dict:
+    """95 % intervals of every group's and the whole set's adherence (percentile) and Fréchet distance (percentile,
+    centred on the point value: stats.centred_interval), from a bootstrap over prompts within each group (seeds stay
+    with their prompt; generated and real images are resampled together). Returns the resamples' Fréchet distances
+    per group and for "all"."""
+    weights = stats.stratified_cluster_weights(names, group_of, resamples, BOOTSTRAP_SEED)
+    frechet_groups, frechet_all = stats.frechet_bootstrap(features, features_real, weights, group_of)
+    frechet = {"all": frechet_all} | frechet_groups
+    everything = np.ones(len(names), bool)
+    for key, mask in [("all", everything)] + [(g, group_of == g) for g in GROUPS]:
+        result[key]["frechet_ci95"] = stats.centred_interval(result[key]["frechet_distance"], frechet[key])
+        result[key]["adherence_ci95"] = {k: stats.percentile_interval(stats.weighted_means(v[mask], weights[:, mask])) for k, v in right.items()}
+    return frechet
+
+
 def summary_row(result: dict) -> dict:
-    """The table's columns for one evaluated model."""
-    a = result["all"]
+    """The table's columns for one evaluated model, with the 95 % intervals of single-object adherence and Fréchet."""
+    a, single = result["all"], result["single"]
     return {
-        "single": result["single"]["adherence"]["all"],
+        "single": single["adherence"]["all"],
+        "single_ci95": single["adherence_ci95"]["all"],
+        "single_no_background": single["adherence"]["no_background"],
+        "single_no_background_ci95": single["adherence_ci95"]["no_background"],
         "two": result["two"]["adherence"]["all"],
         "held_out": result["held_out"]["adherence"]["all"],
         "frechet": a["frechet_distance"],
+        "frechet_ci95": a["frechet_ci95"],
         "frechet_floor": a["frechet_floor_real_vs_real"],
         "sharpness": a["sharpness"],
         "diversity": a["diversity"],
@@ -139,15 +168,17 @@ def summary_row(result: dict) -> dict:
     }
 
 
-def write_json(results: list[dict], path: Path, model: str) -> None:
-    """One row per evaluated variant: the summary columns and every metric per prompt group."""
-    rows = [{"model": model} | {k: v for k, v in r.items() if k != "samples"} | {"summary": summary_row(r)} for r in results]
+def write_json(results: list[dict], path: Path, model: str, paired: list[dict] | None = None) -> None:
+    """One row per evaluated variant: the summary columns and every metric per prompt group; then the paired
+    comparisons, if any."""
+    rows = [{"model": model} | {k: v for k, v in r.items() if k not in NOT_JSON} | {"summary": summary_row(r)} for r in results]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"rows": rows}, indent=1))
+    Path(path).write_text(json.dumps({"rows": rows} | ({"paired": paired} if paired else {}), indent=1))
 
 
-COLUMNS = (
+COLUMNS = (  # key, title, format; a key with a `key_ci95` in the summary shows its interval in brackets
     ("single", "single", "{:.0%}"),
+    ("single_no_background", "single w/o background", "{:.0%}"),
     ("two", "two-object", "{:.0%}"),
     ("held_out", "held-out pairs", "{:.0%}"),
     ("frechet", "Fréchet", "{:.0f}"),
@@ -160,13 +191,19 @@ COLUMNS = (
 )
 
 
+def _cell(row: dict, key: str, fmt: str) -> str:
+    if row[key] is None:
+        return "–"
+    interval = row.get(f"{key}_ci95")
+    return fmt.format(row[key]) + (" [" + "–".join(fmt.format(x) for x in interval) + "]" if interval else "")
+
+
 def markdown_table(results: list[dict], model: str) -> str:
     head = "| model | steps | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for r in results:
         row = summary_row(r)
-        cells = ["–" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
-        lines.append(f"| {r.get('label', model)} | {r['steps']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.get('label', model)} | {r['steps']} | " + " | ".join(_cell(row, key, fmt) for key, _, fmt in COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """The judge's metrics for a set of generated images and the prompts (Specs) they were asked for.
 
-adherence: every asked attribute right (two-object prompts: under the better of the two slot assignments);
+adherence: every asked attribute right (two-object prompts: under the better of the two slot assignments), and
+every asked attribute but the background ('no_background': the base reads its background from the noise);
 Fréchet distance between judge features of generated and real images of the same prompts (the world's FID);
 sharpness: mean |Laplacian| relative to real (1.0 = as sharp as the data); diversity: mean pairwise feature
 distance across the seeds of a prompt, relative to real; mean-colour bias; object-count errors (merged: fewer
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from .captions import Spec
 from .judge import HEADS
+from .stats import frechet_from_moments
 from .world import BACKGROUNDS
 
 SLOT_ATTRIBUTES = tuple(HEADS)
@@ -30,7 +32,8 @@ def _slot_matches(pred: dict, i: int, slot: int, obj) -> dict[str, bool]:
 
 
 def image_adherence(pred: dict, i: int, spec: Spec) -> dict[str, bool]:
-    """Per asked attribute, whether image i has it; 'count' and (if asked) 'background' included; 'all' = every one."""
+    """Per asked attribute, whether image i has it; 'count' and (if asked) 'background' included; 'all' = every one,
+    'no_background' = every one but the background."""
     best = None
     for order in itertools.permutations(range(len(spec.objects))):
         checks: dict[str, list[bool]] = {}
@@ -44,6 +47,7 @@ def image_adherence(pred: dict, i: int, spec: Spec) -> dict[str, bool]:
     result["count"] = int(pred["count"][i]) == len(spec.objects)
     if spec.background is not None:
         result["background"] = list(BACKGROUNDS)[int(pred["background"][i])] == spec.background
+    result["no_background"] = all(ok for name, ok in result.items() if name != "background")
     result["all"] = all(result.values())
     return result
 
@@ -56,15 +60,9 @@ def adherence(pred: dict, specs: list[Spec]) -> dict[str, float]:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2); the trace of the root from the eigenvalues of
-    S_a^1/2 S_b S_a^1/2, which is symmetric, so numpy's eigh suffices."""
+    """Fréchet distance between Gaussians fitted to the rows of a and of b (stats.frechet_from_moments)."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    mu = a.mean(0) - b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(sa)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0, None)).sum()
-    return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * cross)
+    return frechet_from_moments(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
 def laplacian_energy(images: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.shapes.compare import Row, from_base_model, lora_phases_model, parse_row
+from distill.shapes.compare import Pair, Row, check_pairs, from_base_model, lora_phases_model, parse_pair, parse_row
 from pipelines import load_engine
 from pipelines.errors import StudioError
 from pipelines.requests import GenerationRequest
@@ -24,6 +24,17 @@ def test_parse_row():
     for bad in ("runs/x:8", "MSE=runs/x", "MSE=runs/x:eight", "=runs/x:8"):
         with pytest.raises(StudioError, match="LABEL=MODEL:STEPS"):
             parse_row(bad)
+
+
+def test_parse_pair_and_check_it_against_the_rows():
+    assert parse_pair("shipped:2,new run:2") == Pair(("shipped", 2), ("new run", 2))
+    for bad in ("shipped:2", "shipped:2,new:2,x:1", "shipped,new:2", "shipped:two,new:2", ":2,new:2"):
+        with pytest.raises(StudioError, match="A_LABEL:STEPS,B_LABEL:STEPS"):
+            parse_pair(bad)
+    rows = [Row("shipped", "shapes", (2, 1)), Row("new", "runs/x", (2,))]
+    check_pairs([parse_pair("shipped:1,new:2")], rows)
+    with pytest.raises(StudioError, match="no row evaluates new:1"):
+        check_pairs([parse_pair("shipped:2,new:1")], rows)
 
 
 def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
@@ -57,7 +68,7 @@ def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
         lora_phases_model(tmp_path, tmp_path / "c")
 
 
-def test_compare_cli_writes_one_labelled_table(tmp_path):
+def test_compare_cli_writes_one_labelled_table_with_intervals_and_paired_comparisons(tmp_path):
     out = tmp_path / "table.json"
     result = subprocess.run(
         [
@@ -71,10 +82,16 @@ def test_compare_cli_writes_one_labelled_table(tmp_path):
             "again=shapes:1",
             "--json",
             str(out),
-            "--per-group",
+            "--paired",
+            "base:1,again:1",
+            "--paired",
+            "base:1,base:2",
+            "--prompts-per-group",
             "2",
             "--seeds",
             "2",
+            "--bootstrap",
+            "20",
             "--threads",
             "1",
         ],
@@ -88,4 +105,25 @@ def test_compare_cli_writes_one_labelled_table(tmp_path):
     assert [(r["label"], r["steps"]) for r in rows] == [("base", 2), ("base", 1), ("again", 1)]
     quality = lambda row: {k: v for k, v in row["summary"].items() if k != "cpu_ms_per_image"}
     assert quality(rows[1]) == quality(rows[2])  # the same model, prompts and seeds: the same scores
-    assert "| base | 2 |" in result.stdout and "| again | 1 |" in result.stdout
+    assert "| base | 2 |" in result.stdout and "| again | 1 |" in result.stdout and "single w/o background" in result.stdout
+    for row in rows:
+        for group in ("all", "single", "two", "held_out"):
+            lo, hi = row[group]["frechet_ci95"]
+            assert lo <= hi and set(row[group]["adherence_ci95"]) == {"all", "no_background"}
+        assert row["single"]["adherence"]["no_background"] >= row["single"]["adherence"]["all"]
+
+    same, steps = json.loads(out.read_text())["paired"]
+    assert (same["a"], same["b"]) == ("base:1", "again:1")
+    for kinds in same["adherence"].values():  # identical images: nothing differs, and nothing is uncertain
+        for d in kinds.values():
+            assert d == {"difference": 0.0, "difference_ci95": [0.0, 0.0], "only_a_right": 0, "only_b_right": 0, "mcnemar_p": 1.0}
+    assert all(d == {"difference": 0.0, "difference_ci95": [0.0, 0.0]} for d in same["frechet"].values())
+    for group, kinds in steps["adherence"].items():  # 2 steps minus 1 step: the rows' own adherence, image by image
+        for kind, d in kinds.items():
+            gain = rows[0][group]["adherence"][kind] - rows[1][group]["adherence"][kind]
+            assert d["difference"] == pytest.approx(gain) == pytest.approx((d["only_b_right"] - d["only_a_right"]) / 4)  # 2 prompts x 2 seeds
+            assert d["difference_ci95"][0] <= d["difference_ci95"][1]
+    for group, d in steps["frechet"].items():
+        assert d["difference"] == pytest.approx(rows[0][group]["frechet_distance"] - rows[1][group]["frechet_distance"])
+        assert d["difference_ci95"][0] <= d["difference_ci95"][1]
+    assert "base:2 minus base:1, same prompts and seeds" in result.stdout

@@ -1,5 +1,7 @@
 """The shipped judge reads held-out renders back into their scenes, and its metrics measure what they claim."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from distill.shapes import judge as judge_lib
 from distill.shapes import metrics
 from distill.shapes.evaluate import prompt_set, real_images
 from distill.shapes.ship import JUDGE_FILE
+from distill.shapes.world import BACKGROUNDS
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,16 @@ def test_two_object_adherence_accepts_either_slot_order(judge):
     assert metrics.image_adherence(pred, 0, prompt.spec)["all"]
     swapped = type(prompt.spec)(tuple(reversed(prompt.spec.objects)), prompt.spec.background)
     assert metrics.image_adherence(pred, 0, swapped)["all"]
+
+
+def test_adherence_without_the_background_ignores_only_the_background(judge):
+    prompt = next(p for p in prompt_set(32)["single"] if p.spec.background is not None)
+    pred = _predict(judge, real_images([prompt], [0], judge.resolution))
+    other = next(b for b in BACKGROUNDS if b != prompt.spec.background)
+    wrong_background = dataclasses.replace(prompt.spec, background=other)
+    assert metrics.image_adherence(pred, 0, prompt.spec)["no_background"]
+    verdict = metrics.image_adherence(pred, 0, wrong_background)
+    assert verdict["no_background"] and not verdict["all"] and not verdict["background"]
+    obj = prompt.spec.objects[0]
+    wrong_shape = dataclasses.replace(prompt.spec, objects=(dataclasses.replace(obj, shape="star" if obj.shape == "heart" else "heart"),))
+    assert not metrics.image_adherence(pred, 0, wrong_shape)["no_background"]
