@@ -1,6 +1,7 @@
 """The judge's metrics for a set of generated images and the prompts (Specs) they were asked for.
 
-adherence: every asked attribute right (two-object prompts: under the better of the two slot assignments);
+adherence: every asked attribute right (two-object prompts: under the better of the two slot assignments), and every
+one but the background (which the base reads from the noise's mean rather than the prompt: docs/shapes.md);
 Fréchet distance between judge features of generated and real images of the same prompts (the world's FID);
 sharpness: mean |Laplacian| relative to real (1.0 = as sharp as the data); diversity: mean pairwise feature
 distance across the seeds of a prompt, relative to real; mean-colour bias; object-count errors (merged: fewer
@@ -30,7 +31,8 @@ def _slot_matches(pred: dict, i: int, slot: int, obj) -> dict[str, bool]:
 
 
 def image_adherence(pred: dict, i: int, spec: Spec) -> dict[str, bool]:
-    """Per asked attribute, whether image i has it; 'count' and (if asked) 'background' included; 'all' = every one."""
+    """Per asked attribute, whether image i has it; 'count' and (if asked) 'background' included; 'all' = every one,
+    'except_background' = every one but the background."""
     best = None
     for order in itertools.permutations(range(len(spec.objects))):
         checks: dict[str, list[bool]] = {}
@@ -45,6 +47,7 @@ def image_adherence(pred: dict, i: int, spec: Spec) -> dict[str, bool]:
     if spec.background is not None:
         result["background"] = list(BACKGROUNDS)[int(pred["background"][i])] == spec.background
     result["all"] = all(result.values())
+    result["except_background"] = all(ok for name, ok in result.items() if name not in ("background", "all"))
     return result
 
 

@@ -1,5 +1,7 @@
 """The shipped judge reads held-out renders back into their scenes, and its metrics measure what they claim."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from distill.shapes import judge as judge_lib
 from distill.shapes import metrics
 from distill.shapes.evaluate import prompt_set, real_images
 from distill.shapes.ship import JUDGE_FILE
+from distill.shapes.world import BACKGROUNDS, COLOURS
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,17 @@ def test_two_object_adherence_accepts_either_slot_order(judge):
     assert metrics.image_adherence(pred, 0, prompt.spec)["all"]
     swapped = type(prompt.spec)(tuple(reversed(prompt.spec.objects)), prompt.spec.background)
     assert metrics.image_adherence(pred, 0, swapped)["all"]
+
+
+def test_adherence_except_background_forgives_the_background_and_nothing_else(judge):
+    prompt = next(p for p in prompt_set(32)["single"] if p.spec.background is not None)
+    pred = _predict(judge, real_images([prompt], [0], judge.resolution))
+    (obj,) = prompt.spec.objects
+    other_background = replace(prompt.spec, background=next(b for b in BACKGROUNDS if b not in (prompt.spec.background, obj.colour)))
+    other_colour = replace(prompt.spec, objects=(replace(obj, colour=next(c for c in COLOURS if c not in (obj.colour, prompt.spec.background))),))
+    checks = {
+        name: metrics.image_adherence(pred, 0, spec) for name, spec in [("asked", prompt.spec), ("background", other_background), ("colour", other_colour)]
+    }
+    assert checks["asked"]["all"] and checks["asked"]["except_background"]
+    assert not checks["background"]["all"] and checks["background"]["except_background"]
+    assert not checks["colour"]["all"] and not checks["colour"]["except_background"]
