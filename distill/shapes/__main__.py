@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="LABEL=MODEL:STEPS[,STEPS]",
-        help="MODEL: anything --model takes, lora-phases:RUN_DIR or from-base:EXPORT_DIR (see distill/shapes/compare.py)",
+        help="MODEL: anything --model takes, lora-phases:RUN_DIR, from-base:EXPORT_DIR or checkpoints:RUN_DIR (see distill/shapes/compare.py)",
     )
     cmp.add_argument(
         "--paired",

@@ -2,9 +2,12 @@
 and paired comparisons between two of its entries (`--paired A_LABEL:STEPS,B_LABEL:STEPS`).
 
 Every row is evaluated on the same prompts and held-out seeds with the same judge. MODEL is anything `--model`
-takes (shapes, a `distill export` folder), or one of two views of a distill run that are not model folders yet:
+takes (shapes, a `distill export` folder), or one of three views of a distill run that are not model folders yet:
   lora-phases:RUN_DIR   each stage's student as its LoRA phases left it (before the full-UNet phase)
   from-base:EXPORT_DIR  the original base model with each stage's LoRA relative to it (the "LoRA on any base" row)
+  checkpoints:RUN_DIR   one row per kept checkpoint (labelled LABEL@<global step>) of a stage whose student runs the
+                        row's step count: the student as training stood there, so a stage can be validated on the
+                        judge every `checkpoint_every` steps (keep them all with a large `keep_checkpoints`)
 """
 
 import json
@@ -12,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from pipelines import load_engine
@@ -72,26 +76,55 @@ def from_base_model(export_dir: Path, out: Path) -> Path:
     return out
 
 
-def resolve(model: str, scratch: Path) -> str:
-    kind, _, path = model.partition(":")
+def checkpoint_models(run_dir: Path, steps: tuple[int, ...], out: Path) -> list[tuple[int, Path]]:
+    """(global step, model folder) per kept checkpoint of the run whose stage's student runs one of `steps` steps;
+    the folder's one variant is the student as the checkpoint holds it. Only a full-UNet phase's checkpoint holds the
+    whole student (a LoRA phase's holds its adapters alone), so any other is refused."""
+    from distill.config import ModelConfig
+    from distill.stages import load_components
+
+    models, structure = [], None
+    for folder in sorted(Path(run_dir).glob("checkpoints/checkpoint-*")):  # written atomically: never a half one
+        state = json.loads((folder / "state.json").read_text())
+        config, progress = state["config"], state["progress"]
+        stage = config["stages"][progress["stage"]]
+        if stage["student_steps"] not in steps:
+            continue
+        if stage["phases"][progress["phase"]]["params"] != "full":
+            raise StudioError(f"{folder} holds a LoRA phase's adapters, not a whole student: only full-UNet phases' checkpoints can be judged")
+        structure = structure or load_components(ModelConfig(**config["model"]))["unet"]  # the UNet's shape; every weight is replaced
+        structure.load_state_dict(load_file(folder / "student.safetensors"), strict=True)
+        model = Path(out) / folder.name
+        structure.save_pretrained(model / "unet", safe_serialization=True)
+        write_manifest(model, config["model"]["base"], [Variant(stage["student_steps"], stage["prediction_type"], unet_dir=str((model / "unet").resolve()))])
+        models.append((progress["global_step"], model))
+    if not models:
+        raise StudioError(f"{run_dir}: no kept checkpoint of a stage whose student runs {', '.join(map(str, steps))} steps")
+    return models
+
+
+def resolve(row: Row, scratch: Path) -> list[tuple[str, str, int | None]]:
+    """(label, model, global step of a checkpoint or None) for each model the row stands for."""
+    kind, _, path = row.model.partition(":")
     views = {"lora-phases": lora_phases_model, "from-base": from_base_model}
-    if kind not in views:
-        return model
     out = scratch / f"{kind}-{len(list(scratch.iterdir()))}"
-    return str(views[kind](Path(path), out))
+    if kind == "checkpoints":
+        return [(f"{row.label}@{step}", str(model), step) for step, model in checkpoint_models(Path(path), row.steps, out)]
+    return [(row.label, str(views[kind](Path(path), out)) if kind in views else row.model, None)]
 
 
 def compare(rows: list[Row], scorer, per_group: int, seeds: int, resamples: int) -> list[dict]:
     """Evaluate every (row, step count); each result carries its row's label and model."""
     results = []
-    progress = tqdm(total=sum(len(row.steps) for row in rows), desc="compare", unit="row")
     with tempfile.TemporaryDirectory() as scratch:
-        for row in rows:
-            engine = load_engine(resolve(row.model, Path(scratch)), device="cpu", steps=list(row.steps))
+        models = [(row, *model) for row in rows for model in resolve(row, Path(scratch))]
+        progress = tqdm(total=sum(len(row.steps) for row, *_ in models), desc="compare", unit="row")
+        for row, label, model, trained_steps in models:
+            engine = load_engine(model, device="cpu", steps=list(row.steps))
             for steps in row.steps:
-                progress.set_postfix_str(f"{row.label} {steps}")
+                progress.set_postfix_str(f"{label} {steps}")
                 result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, engine.default_size, resamples)
-                results.append(result | {"label": row.label, "model": row.model})
+                results.append(result | {"label": label, "model": row.model} | ({"trained_steps": trained_steps} if trained_steps is not None else {}))
                 progress.update()
     progress.close()
     return results

@@ -1,15 +1,20 @@
-"""`python -m distill.shapes compare`: rows of several models in one table, including the two views of a distill run
-that are not model folders (the LoRA phases' students, and the base with each stage's LoRA relative to it)."""
+"""`python -m distill.shapes compare`: rows of several models in one table, including the three views of a distill run
+that are not model folders (the LoRA phases' students, the base with each stage's LoRA relative to it, and a stage's
+kept checkpoints)."""
 
+import copy
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
-from distill.shapes.compare import Pair, Row, check_pairs, from_base_model, lora_phases_model, parse_pair, parse_row
+from distill import train as distill_train
+from distill.config import parse_config
+from distill.shapes.compare import Pair, Row, check_pairs, checkpoint_models, from_base_model, lora_phases_model, parse_pair, parse_row, resolve
 from pipelines import load_engine
 from pipelines.errors import StudioError
 from pipelines.requests import GenerationRequest
@@ -66,6 +71,36 @@ def test_the_run_views_load_as_models_the_engine_serves(tmp_path):
 
     with pytest.raises(StudioError, match="no stage saved"):
         lora_phases_model(tmp_path, tmp_path / "c")
+
+
+def test_checkpoints_view_draws_the_student_as_each_kept_checkpoint_holds_it(tmp_path):
+    """A tiny run: a 4-step stage of two full-UNet MSE steps (a checkpoint after each), then a 2-step LoRA stage.
+    The last checkpoint of the 4-step stage must draw exactly what the stage's saved student draws, the first one
+    something else; the LoRA phase's checkpoint (adapters only) is refused."""
+    raw = tomllib.loads((ROOT / "distill" / "configs" / "tiny.toml").read_text())
+    mse = {"objective": "mse", "params": "full", "steps": 2, "lr": 5e-4}
+    raw["stages"] = [
+        {"name": "4step", "teacher_steps": 8, "student_steps": 4, "phases": [mse]},
+        {"name": "2step", "teacher_steps": 4, "student_steps": 2, "phases": [mse | {"params": "lora", "steps": 1, "lr": 1e-3}]},
+    ]
+    raw["train"].update(output_dir=str(tmp_path / "run"), checkpoint_every=1, keep_checkpoints=10)
+    distill_train.train(parse_config(copy.deepcopy(raw)))
+
+    models = resolve(Row("stage", f"checkpoints:{tmp_path / 'run'}", (4,)), tmp_path)
+    assert [(label, step) for label, _, step in models] == [("stage@1", 1), ("stage@2", 2)]
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    write_manifest(saved, "tiny", [Variant(4, unet_dir=str(tmp_path / "run" / "stages" / "4step" / "unet"))])
+    request = GenerationRequest("a red car", seed=3, steps=4, width=64, height=64)
+    draw = lambda model: torch.as_tensor(load_engine(str(model), device="cpu", steps=[4]).generate([request])[0].image)
+    first, last, stage = (draw(model) for model in (models[0][1], models[1][1], saved))
+    assert torch.equal(last, stage)
+    assert not torch.equal(first, last)
+
+    with pytest.raises(StudioError, match="LoRA phase's adapters"):
+        checkpoint_models(tmp_path / "run", (2,), tmp_path / "lora")
+    with pytest.raises(StudioError, match="no kept checkpoint"):
+        checkpoint_models(tmp_path / "run", (8,), tmp_path / "none")
 
 
 def test_compare_cli_writes_one_labelled_table_with_intervals_and_paired_comparisons(tmp_path):
