@@ -1,4 +1,4 @@
-"""`python -m distill.shapes pretrain|ship|ship-students|render|eval|compare`: train the shapes world, ship it (and
+"""`python -m distill.shapes pretrain|ship|ship-students|render|eval|backgrounds|compare`: train the shapes world, ship it (and
 its distilled students) into assets/, judge models."""
 
 import argparse
@@ -14,6 +14,7 @@ EPILOG = """examples:
   python -m distill.shapes ship --config shapes_pretrain                # -> assets/models/shapes
   python -m distill.shapes ship-students --student 4=runs/exports/shapes-mse --live-steps 4   # a student serves 4 steps
   python -m distill.shapes eval --model shapes --steps 32 --json out.json                    # judge a model's variant
+  python -m distill.shapes backgrounds --model shapes --steps 32 --json bg.json                 # asked background or the noise's?
   python -m distill.shapes render --out runs/shapes-data --count 10000                       # captioned images for distill
   python -m distill.shapes compare --row "base=shapes:32,1" --row "MSE=runs/exports/mse:1" --json t.json   # one table
   python -m distill.shapes compare --row "base=shapes:2" --row "new=runs/exports/x:2" --paired base:2,new:2 --json t.json  # new - base
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", required=True, help="the pre-training config: a TOML file or a packaged name (shapes_pretrain)")
     pre.add_argument("--resume", action="store_true", help="continue the part that was running from its latest checkpoint")
     pre.add_argument("--parts", nargs="+", help="run only these parts (in pipeline order)")
+    pre.add_argument(
+        "--import-from",
+        type=Path,
+        default=None,
+        help="take the judge and autoencoders from this model folder (e.g. assets/models/shapes) instead of training them",
+    )
 
     ship = sub.add_parser("ship", help="write the finished base model (fp16) and the judge into assets/")
     ship.add_argument("--config", required=True, help="the pre-training config that was run (a file or a packaged name)")
@@ -78,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--grid", type=Path, default=None)
     add_sampling_arguments(cmp, prompts_per_group=256)
 
+    bg = sub.add_parser("backgrounds", help="does the model draw the asked background, or the one its noise suggests?")
+    bg.add_argument("--model", nargs="+", default=["shapes"], help="one or more models (anything --model takes)")
+    bg.add_argument("--steps", type=int, nargs="+", required=True, help="the variants (step counts) to measure")
+    bg.add_argument("--seeds", type=int, default=16, help="seeds per prompt (the same for every asked background)")
+    bg.add_argument("--json", type=Path, required=True)
+    bg.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped one)")
+    bg.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
     ev = sub.add_parser("eval", help="generate the evaluation prompts with a model variant and score them with the judge")
     ev.add_argument("--model", default="shapes", help="anything --model takes: shapes, a distill export folder, ...")
     ev.add_argument("--steps", type=int, nargs="+", required=True, help="the variants (step counts) to evaluate, one row each")
@@ -118,6 +133,11 @@ def main(argv=None) -> int:
             unknown = set(args.parts or ()) - set(pretrain.PARTS)
             if unknown:
                 raise StudioError(f"--parts: unknown part(s) {sorted(unknown)}; the parts are {', '.join(pretrain.PARTS)}")
+            if args.import_from:
+                from .ship import JUDGE_FILE
+
+                imported = pretrain.import_parts(c, args.import_from, JUDGE_FILE)
+                print(f"imported {', '.join(imported) or 'nothing (those parts were finished)'} from {args.import_from}")
             pretrain.pretrain(c, resume=args.resume, parts=parts)
         elif args.command == "ship":
             from . import config
@@ -143,6 +163,8 @@ def main(argv=None) -> int:
             print(f"wrote {written} captioned scenes ({world.resolution} px) to {args.out}")
         elif args.command == "eval":
             run_eval(args)
+        elif args.command == "backgrounds":
+            run_backgrounds(args)
         elif args.command == "compare":
             run_compare(args)
         return 0
@@ -187,6 +209,20 @@ def run_eval(args) -> None:
     if args.grid:
         evaluate.save_grid(rows, args.grid)
         print(f"wrote {args.grid}")
+
+
+def run_backgrounds(args) -> None:
+    from pipelines import load_engine
+
+    from . import backgrounds
+
+    scorer = load_judge(args)
+    rows = []
+    for model in args.model:
+        engine = load_engine(model, device="cpu", steps=args.steps)
+        rows += [{"model": model} | backgrounds.measure(engine, scorer, n, args.seeds) for n in args.steps]
+    backgrounds.write_json(rows, args.json)
+    print(backgrounds.markdown_table(rows))
 
 
 def run_compare(args) -> None:

@@ -85,6 +85,12 @@ class UnetConfig:
     # noise's mean at t = 999 is random and the base cannot read the background from it (16x16 latents make that mean
     # readable: std 1/16). 0 = SDXL's base recipe as shipped here; 0.0357 is kohya sd-scripts' SDXL default.
     noise_offset: float = 0.0
+    # Continue from a model folder's UNet and text encoders (e.g. "assets/models/shapes") instead of fresh weights:
+    # a fine-tune. "" = train from scratch, as the shipped base was.
+    init_from: str = ""
+    # False keeps the text encoders as they are: a fine-tuned base then still shares them with the students shipped
+    # beside it, whose conditioning they produce.
+    train_text_encoders: bool = True
 
 
 @dataclass(frozen=True)

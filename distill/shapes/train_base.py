@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from pipelines.architectures import base_scheduler, load_tokenizers
 from pipelines.conditioning import TOKEN_WINDOW
@@ -74,13 +75,29 @@ def pipeline(c: PretrainConfig, unet, text_encoder, text_encoder_2, vae) -> Stab
     )
 
 
+def initial_weights(c: PretrainConfig):
+    """(unet, (text_encoder, text_encoder_2)): fresh from the config, or, with `[unet] init_from`, that model
+    folder's own in fp32 (a fine-tune keeps the architecture it continues)."""
+    if not c.unet.init_from:
+        return models.unet(c), models.text_encoders(c)
+    folder = Path(c.unet.init_from)
+    if not (folder / "unet" / "config.json").is_file():
+        raise FileNotFoundError(f"unet.init_from: {folder} is not a model folder (no unet/config.json)")
+    load = lambda cls, name: cls.from_pretrained(folder / name, dtype=torch.float32)
+    return load(UNet2DConditionModel, "unet"), (load(CLIPTextModel, "text_encoder"), load(CLIPTextModelWithProjection, "text_encoder_2"))
+
+
 def train_unet(c: PretrainConfig, resume: bool, stop_after: int | None = None) -> dict:
     folder, u, R = Path(c.train.output_dir) / "unet", c.unet, c.world.resolution
     accelerator = make_accelerator(folder)
     latents, vae = load_latents(c), load_vae(c)
-    unet, (text_encoder, text_encoder_2) = models.unet(c), models.text_encoders(c)
+    unet, (text_encoder, text_encoder_2) = initial_weights(c)
     encode = PromptEncoder(text_encoder, text_encoder_2, load_tokenizers())
-    trained = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    trained = {"unet": unet}
+    if u.train_text_encoders:
+        trained |= {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    else:
+        text_encoder.requires_grad_(False), text_encoder_2.requires_grad_(False)
     params = [p for m in trained.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=u.lr, weight_decay=1e-2)
     ema = EMAModel(params, decay=u.ema_decay, use_ema_warmup=True)

@@ -217,3 +217,32 @@ def test_offset_noise_shifts_each_sample_and_channel_by_one_constant():
     expected = 0.1 * torch.randn((3, 4, 1, 1), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(shift[..., :1, :1], expected)  # offset x N(0, 1) per (sample, channel)
     assert len(set(shift[..., 0, 0].flatten().tolist())) == 12
+
+
+def test_a_fine_tune_imports_the_shipped_parts_and_continues_its_unet_with_the_text_encoders_frozen(finished, tmp_path):
+    import dataclasses
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from distill.shapes.pretrain import import_parts
+    from distill.shapes.ship import ship
+
+    c, _ = finished
+    model = ship(c, tmp_path / "model", judge_out=tmp_path / "judge.safetensors")
+    unet = dataclasses.replace(c.unet, steps=4, lr=1e-5, warmup_steps=1, sample_every=4, noise_offset=0.1, init_from=str(model), train_text_encoders=False)
+    tuned = dataclasses.replace(c, unet=unet, train=dataclasses.replace(c.train, output_dir=str(tmp_path / "tuned")))
+
+    assert import_parts(tuned, model, tmp_path / "judge.safetensors") == ["judge", "vae", "decoder", "vae_tiny"]
+    assert import_parts(tuned, model, tmp_path / "judge.safetensors") == []  # finished parts stay as they are
+    reports = pretrain(tuned)
+    assert reports["vae"]["imported_from"] == str(model) and reports["judge"]["imported_from"] == str(tmp_path / "judge.safetensors")
+    assert reports["latents"]["count"] == c.world.train_scenes
+
+    before = StableDiffusionXLPipeline.from_pretrained(model, dtype=torch.float32, use_safetensors=True)
+    after = StableDiffusionXLPipeline.from_pretrained(Path(tuned.train.output_dir) / "unet" / "final" / "pipeline", use_safetensors=True)
+    for name in ("text_encoder", "text_encoder_2"):  # frozen: the shipped students' conditioning is unchanged
+        for p, q in zip(getattr(before, name).parameters(), getattr(after, name).parameters(), strict=True):
+            assert torch.equal(p, q), name
+    moved = [(q - p).norm() / p.norm() for p, q in zip(before.unet.parameters(), after.unet.parameters(), strict=True) if p.norm() > 0]
+    assert max(moved) > 0  # it trained
+    assert max(moved) < 0.05  # from the shipped UNet's weights, not fresh ones
