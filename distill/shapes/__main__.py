@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     ship = sub.add_parser("ship", help="write the finished base model (fp16) and the judge into assets/")
     ship.add_argument("--config", required=True, help="the pre-training config that was run (a file or a packaged name)")
     ship.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
+    ship.add_argument(
+        "--judge-out",
+        type=Path,
+        default=None,
+        help="also write the judge here (default: the shipped assets/shapes_judge.safetensors when --out is not given; "
+        "with --out, no judge is written, so a trial model never replaces the judge every benchmark uses)",
+    )
 
     students = sub.add_parser("ship-students", help="serve step counts of the embedded model with distilled students (fp16)")
     students.add_argument(
@@ -145,8 +152,9 @@ def main(argv=None) -> int:
             c = config.load(args.config)
             from . import ship
 
-            out = ship.ship(c, args.out or ship.SHAPES_FOLDER)
-            print(f"wrote {out} and {ship.JUDGE_FILE}")
+            judge_out = args.judge_out or (None if args.out else ship.JUDGE_FILE)
+            out = ship.ship(c, args.out or ship.SHAPES_FOLDER, judge_out=judge_out)
+            print(f"wrote {out}" + (f" and {judge_out}" if judge_out else ""))
         elif args.command == "ship-students":
             from . import ship
 

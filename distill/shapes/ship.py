@@ -40,8 +40,9 @@ def base_variants(steps=(REFERENCE_STEPS, 8, 4, 2, 1), guidance: float = REFEREN
     return [Variant(n, "epsilon", guidance_scale=guidance) for n in steps]
 
 
-def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: list[Variant] | None = None, live_steps: int = LIVE_STEPS) -> Path:
-    """Write <out> (replacing it atomically) and the judge from the finished pre-training run of config `c`."""
+def ship(c: PretrainConfig, out: Path, judge_out: Path | None = JUDGE_FILE, variants: list[Variant] | None = None, live_steps: int = LIVE_STEPS) -> Path:
+    """Write <out> (replacing it atomically) and, unless `judge_out` is None, the judge from the finished pre-training
+    run of config `c`."""
     source = final_dir(c, "unet") / "pipeline"
     if not (source / "model_index.json").is_file():
         raise FileNotFoundError(f"{source} does not exist: finish `python -m distill.shapes pretrain` first")
@@ -63,7 +64,8 @@ def ship(c: PretrainConfig, out: Path, judge_out: Path = JUDGE_FILE, variants: l
             resolution=c.world.resolution,
             examples=list(EXAMPLES),
         )
-    shutil.copyfile(final_dir(c, "judge") / "judge.safetensors", judge_out)
+    if judge_out is not None:
+        shutil.copyfile(final_dir(c, "judge") / "judge.safetensors", judge_out)
     return Path(out)
 
 

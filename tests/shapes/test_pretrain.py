@@ -159,6 +159,20 @@ def test_sigkill_mid_unet_training_then_resume_gives_the_uninterrupted_weights(f
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
 
 
+def test_ship_cli_to_another_folder_leaves_the_shipped_judge_alone(finished, tmp_path):
+    from distill.shapes.__main__ import main
+    from distill.shapes.ship import JUDGE_FILE
+
+    c, _ = finished
+    shipped_judge = JUDGE_FILE.read_bytes()
+    config = Path(c.train.output_dir).with_suffix(".toml")
+    assert main(["ship", "--config", str(config), "--out", str(tmp_path / "trial")]) == 0
+    assert (tmp_path / "trial" / "studio_manifest.json").is_file()
+    assert JUDGE_FILE.read_bytes() == shipped_judge  # a trial model never replaces the judge every benchmark uses
+    assert main(["ship", "--config", str(config), "--out", str(tmp_path / "trial"), "--judge-out", str(tmp_path / "j.safetensors")]) == 0
+    assert (tmp_path / "j.safetensors").read_bytes() == (Path(c.train.output_dir) / "judge" / "final" / "judge.safetensors").read_bytes()
+
+
 def test_eval_cli_scores_a_shipped_model_and_writes_json_table_and_grid(finished, tmp_path):
     import json
 
