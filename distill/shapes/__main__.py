@@ -209,9 +209,10 @@ def run_eval(args) -> None:
 
     scorer = load_judge(args)
     engine = load_engine(args.model, device="cpu", steps=args.steps)
-    rows = [evaluate.evaluate(engine, scorer, n, args.per_group, args.seeds, engine.default_size, args.bootstrap) for n in args.steps]
+    resolution = evaluate.judged_resolution(engine, scorer, args.model)
+    rows = [evaluate.evaluate(engine, scorer, n, args.per_group, args.seeds, resolution, args.bootstrap) for n in args.steps]
     if args.round_trip:
-        rows.append(evaluate.round_trip(engine.pipe.vae, scorer, args.per_group, args.seeds, engine.default_size, args.bootstrap))
+        rows.append(evaluate.round_trip(engine.pipe.vae, scorer, args.per_group, args.seeds, resolution, args.bootstrap))
     evaluate.write_json(rows, args.json, args.model)
     print(evaluate.markdown_table(rows, args.model))
     if args.grid:
@@ -228,7 +229,7 @@ def run_backgrounds(args) -> None:
     rows = []
     for model in args.model:
         engine = load_engine(model, device="cpu", steps=args.steps)
-        rows += [{"model": model} | backgrounds.measure(engine, scorer, n, args.seeds) for n in args.steps]
+        rows += [{"model": model} | backgrounds.measure(engine, scorer, n, args.seeds, model=model) for n in args.steps]
     backgrounds.write_json(rows, args.json)
     print(backgrounds.markdown_table(rows))
 

@@ -38,13 +38,14 @@ def seed_agreement(drawn: np.ndarray) -> float:
     return float(np.mean(pairs))
 
 
-def measure(engine, judge, steps: int, seeds: int = 16, objects=OBJECTS) -> dict:
+def measure(engine, judge, steps: int, seeds: int = 16, objects=OBJECTS, model: str = "the model") -> dict:
     """Background follow rate (overall and per asked background) and seed agreement for one variant."""
-    from .evaluate import Prompt, generate
+    from .evaluate import Prompt, generate, judged_resolution
 
+    resolution = judged_resolution(engine, judge, model)
     asked = [Prompt(text, None, "backgrounds") for text, _ in prompts(objects)]  # no Spec: only the background is read
     seed_list = list(range(1000, 1000 + seeds))  # held-out seeds, as the evaluation's
-    images, _ = generate(engine, asked, seed_list, steps, engine.default_size)
+    images, _ = generate(engine, asked, seed_list, steps, resolution)
     drawn = judge_lib.predict(judge, judge_lib.to_tensor(images))["background"].numpy()
     names = np.array(list(BACKGROUNDS))
     drawn = names[drawn].reshape(len(objects), len(BACKGROUNDS), seeds)

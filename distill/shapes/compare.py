@@ -118,12 +118,14 @@ def compare(rows: list[Row], scorer, per_group: int, seeds: int, resamples: int)
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         models = [(row, *model) for row in rows for model in resolve(row, Path(scratch))]
+        # Every model is loaded and its size checked before any row spends minutes generating.
+        engines = [load_engine(model, device="cpu", steps=list(row.steps)) for row, _, model, _ in models]
+        sizes = [evaluate.judged_resolution(engine, scorer, model) for engine, (_, _, model, _) in zip(engines, models)]
         progress = tqdm(total=sum(len(row.steps) for row, *_ in models), desc="compare", unit="row")
-        for row, label, model, trained_steps in models:
-            engine = load_engine(model, device="cpu", steps=list(row.steps))
+        for (row, label, model, trained_steps), engine, resolution in zip(models, engines, sizes):
             for steps in row.steps:
                 progress.set_postfix_str(f"{label} {steps}")
-                result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, engine.default_size, resamples)
+                result = evaluate.evaluate(engine, scorer, steps, per_group, seeds, resolution, resamples)
                 results.append(result | {"label": label, "model": row.model} | ({"trained_steps": trained_steps} if trained_steps is not None else {}))
                 progress.update()
     progress.close()

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.errors import StudioError
+
 from . import judge as judge_lib
 from . import metrics, stats
 from .captions import Spec, caption, scene_for
@@ -59,6 +61,17 @@ def prompt_set(per_group: int) -> dict[str, list[Prompt]]:
 def real_images(prompts: list[Prompt], seeds: list[int], resolution: int, salt: str = "real") -> np.ndarray:
     """One render per (prompt, seed) of a scene the prompt truly describes (open attributes drawn from the seed)."""
     return np.stack([render(scene_for(p.spec, random.Random(f"{salt}-{p.text}-{s}")), resolution) for p in prompts for s in seeds])
+
+
+def judged_resolution(engine, judge, model: str) -> int:
+    """The size to generate at: the model's own, which must be the one the judge reads (a model without the world's
+    resolution in its manifest draws at SDXL's 1024 px, slowly, and the judge then fails on every image)."""
+    if engine.default_size != judge.resolution:
+        raise StudioError(
+            f"{model} draws at {engine.default_size} px but the judge reads {judge.resolution} px images: give the model a "
+            f'studio_manifest.json with "resolution": {judge.resolution} (as `python -m distill.shapes ship` writes)'
+        )
+    return judge.resolution
 
 
 def generate(engine, prompts: list[Prompt], seeds: list[int], steps: int, resolution: int, batch_size: int = 8):

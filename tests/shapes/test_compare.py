@@ -162,3 +162,16 @@ def test_compare_cli_writes_one_labelled_table_with_intervals_and_paired_compari
         assert d["difference"] == pytest.approx(rows[0][group]["frechet_distance"] - rows[1][group]["frechet_distance"])
         assert d["difference_ci95"][0] <= d["difference_ci95"][1]
     assert "base:2 minus base:1, same prompts and seeds" in result.stdout
+
+
+def test_a_model_that_draws_at_another_size_than_the_judge_reads_is_refused_before_any_row_runs(tmp_path, capsys):
+    """A model folder whose manifest lacks the world's resolution draws at SDXL's size: the judge would fail on every
+    image after the rows before it spent their minutes. compare and backgrounds refuse it at once, naming both sizes."""
+    from distill.shapes.__main__ import main
+
+    out = tmp_path / "table.json"
+    assert main(["compare", "--row", "base=shapes:2", "--row", "big=tiny:2", "--json", str(out), "--per-group", "2"]) == 2
+    assert "tiny draws at 256 px but the judge reads 128 px images" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["backgrounds", "--model", "tiny", "--steps", "2", "--json", str(out)]) == 2
+    assert "tiny draws at 256 px but the judge reads 128 px images" in capsys.readouterr().err
