@@ -79,6 +79,9 @@ class PhaseConfig:
     lr: float
     betas: tuple[float, float] = (0.0, 0.99)
     d_lr: float | None = None  # discriminator lr; defaults to lr
+    # D optimizer steps per G step in adversarial phases; each after the first on a fresh batch (D-only, the student as
+    # it is), so D can keep up with a student that moves fast (a full-UNet phase); 1 = the paper's alternation.
+    d_steps: int = 1
     guidance_scale: float = 1.0  # teacher CFG (the paper uses 6 in the MSE stage only)
     teacher: str = "previous"  # previous stage's student, or "skip": the stage before that
     renoise_weights: tuple[float, ...] = ()  # empty: D sees x_{t-ns} itself; else weights over renoise levels
@@ -128,6 +131,8 @@ RESUME_NEUTRAL = {
     "train.validation_seeds",
     "train.probe_batches",  # the D probe only measures
 }
+# Phase keys added after runs were saved: a checkpoint or stage without one was trained as with this default.
+ADDED_LATER = {"d_steps": 1}
 
 
 def packaged_configs() -> dict[str, Path]:
@@ -328,6 +333,7 @@ def _validate_phases(s: StageConfig, index: int, where: str):
         check(p.steps >= 1, f"{key}.steps", "must be >= 1")
         check(p.lr > 0 and math.isfinite(p.lr), f"{key}.lr", "must be a positive number")
         check(p.d_lr is None or p.d_lr > 0, f"{key}.d_lr", "must be a positive number")
+        check(p.d_steps >= 1 and (p.d_steps == 1 or p.adversarial), f"{key}.d_steps", "must be >= 1, and above 1 only on adversarial phases")
         check(len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas), f"{key}.betas", "must be two numbers in [0, 1)")
         check(p.guidance_scale >= 1, f"{key}.guidance_scale", "must be >= 1 (1 = no CFG)")
         check(p.teacher == "previous" or index > 0, f"{key}.teacher", "'skip' needs a stage two levels up; the first stage's only teacher is the base model")
@@ -372,6 +378,7 @@ def describe(c: Config) -> str:
             teacher = teacher_of(c, i, j)
             extra = f", CFG {p.guidance_scale:g}" if p.guidance_scale > 1 else ""
             extra += f", D lr {p.d_lr:g}" if p.adversarial and p.d_lr else ""
+            extra += f", {p.d_steps} D steps per G step" if p.d_steps > 1 else ""
             extra += f", teacher anchor {p.anchor_weight:g} annealed to 0" if p.anchor_weight else ""
             extra += f", re-noise weights {':'.join(f'{w:g}' for w in p.renoise_weights)}" if p.renoise_weights else ""
             if j > 0 and p.params == "full" and s.phases[j - 1].params == "lora":
@@ -418,11 +425,12 @@ def json_plain(value):
 
 
 def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Keys whose values differ between two `Config.to_dict()` forms, ignoring RESUME_NEUTRAL keys."""
+    """Keys whose values differ between two `Config.to_dict()` forms, ignoring RESUME_NEUTRAL keys (an ADDED_LATER key
+    absent from `saved` has its default)."""
     out = []
     for key in sorted(set(saved) | set(current), key=str):
         name = f"{prefix}{key}"
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        a, b = saved.get(key, ADDED_LATER.get(key, "<absent>")), current.get(key, "<absent>")
         if name in RESUME_NEUTRAL:
             continue
         if isinstance(a, dict) and isinstance(b, dict):

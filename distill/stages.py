@@ -17,7 +17,7 @@ from pipelines.errors import WeightsUnavailable
 from pipelines.variants import SHAPES_FOLDER
 
 from . import checkpoint
-from .config import Config, lineage
+from .config import Config, config_diff, lineage
 from .lora import add_lora, lora_state_dict_diffusers, merge_lora
 
 
@@ -44,7 +44,7 @@ def stage_dir(config: Config, name: str) -> Path:
 def finished(config: Config, index: int) -> bool:
     """Stage `index` has a saved student trained under this plan's lineage (so it is reused, not retrained)."""
     info = stage_dir(config, config.stages[index].name) / "stage.json"
-    return info.is_file() and json.loads(info.read_text()).get("lineage") == lineage(config, index)
+    return info.is_file() and not config_diff(json.loads(info.read_text()).get("lineage") or {}, lineage(config, index))
 
 
 def load_unet(config: Config, source: str, components: dict) -> UNet2DConditionModel:

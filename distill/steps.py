@@ -164,8 +164,9 @@ def optimization_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimi
     then, in adversarial phases, D steps over the same micro-batches: on the updated student's fresh fake when
     updates alternate (the paper, `train.gan_updates = "alternating"`), or on the fake the student's step started
     from ("simultaneous"). draw(generator) -> (x_t, t, t_next, cond), one micro-batch; seeds = (seed, stage, phase,
-    step); anchor: this step's teacher-anchor weight. -> the step's losses, D's accuracy, gradient norms, and whether
-    every gradient was finite."""
+    step); anchor: this step's teacher-anchor weight. phase.d_steps > 1: D steps again that many times minus one, each
+    on a fresh batch. -> the step's losses, D's (last step's) accuracy, gradient norms, and whether every gradient was
+    finite."""
     kept, finite, record = [], True, {}
     for micro in range(tc.gradient_accumulation_steps):
         generator = micro_generator(accelerator, seeds, micro)
@@ -179,12 +180,16 @@ def optimization_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimi
     if not phase.adversarial:
         return record | {"finite": finite}
     d_record = discriminator_steps(accelerator, tc, stage, phase, m, opt, kept, alphas_bar, fresh=tc.gan_updates == "alternating")
-    return record | d_record | {"finite": finite and d_record["finite"]}
+    finite &= d_record["finite"]
+    for k in range(1, phase.d_steps):
+        d_record = discriminator_only_step(accelerator, tc, stage, phase, m, opt, draw, alphas_bar, (*seeds, "d", k))
+        finite &= d_record["finite"]
+    return record | d_record | {"finite": finite}
 
 
-def discriminator_warmup_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimizers, draw, alphas_bar, seeds: tuple) -> dict:
-    """One D-only optimizer step, the student left as it is: the warm-up of a fresh D (a G that steps against an
-    untrained D follows noise, and undoes what D has just learned)."""
+def discriminator_only_step(accelerator, tc, stage, phase, m: PhaseModels, opt: Optimizers, draw, alphas_bar, seeds: tuple) -> dict:
+    """One D-only optimizer step on a fresh batch, the student left as it is: the warm-up of a fresh D (a G that steps
+    against an untrained D follows noise, and undoes what D has just learned), and D's extra steps (phase.d_steps)."""
     kept = []
     for micro in range(tc.gradient_accumulation_steps):
         generator = micro_generator(accelerator, seeds, micro)

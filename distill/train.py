@@ -50,7 +50,7 @@ from .stages import (
     shape_student,
     stage_dir,
 )
-from .steps import Optimizers, PhaseModels, discriminator_warmup_step, draw_batch, optimization_step
+from .steps import Optimizers, PhaseModels, discriminator_only_step, draw_batch, optimization_step
 from .validation import decode, sample_latents, save_validation, validation_inputs
 
 log = get_logger(__name__)  # accelerate's: logs on the main process only, as accelerator.print did
@@ -302,7 +302,7 @@ def train_phase(run: Run, state: StageState, p: Phase) -> bool:
     draw = drawer(run, stage, phase)
     if p.fresh_disc and tc.d_warmup_steps:
         for k in tqdm(range(tc.d_warmup_steps), desc=f"{p.label} D warm-up", disable=not accelerator.is_local_main_process):
-            warmup = discriminator_warmup_step(accelerator, tc, stage, phase, p.models, p.opt, draw, run.alphas_bar, (tc.seed, state.index, p.j, "warmup", k))
+            warmup = discriminator_only_step(accelerator, tc, stage, phase, p.models, p.opt, draw, run.alphas_bar, (tc.seed, state.index, p.j, "warmup", k))
         accelerator.log({f"{p.label}/warmup_{key}": v for key, v in warmup.items() if key.startswith(("loss", "d_acc"))}, step=run.global_step)
     student_model, disc_model, g_opt, d_opt = p.prepared
     progress_bar = tqdm(range(p.start, phase.steps), desc=p.label, disable=not accelerator.is_local_main_process)

@@ -91,6 +91,8 @@ BAD = [
     (("stages", 4, "terminal_share"), 1.5, "stages[4].terminal_share: must be in [0, 1]"),
     (("stages", 0, "phases", 0, "anchor_weight"), 1.0, "stages[0].phases[0].anchor_weight: must be >= 0, and only on adversarial phases"),
     (("stages", 3, "phases", 0, "anchor_weight"), -1.0, "stages[3].phases[0].anchor_weight: must be >= 0"),
+    (("stages", 0, "phases", 0, "d_steps"), 2, "stages[0].phases[0].d_steps: must be >= 1, and above 1 only on adversarial phases"),
+    (("stages", 3, "phases", 0, "d_steps"), 0, "stages[3].phases[0].d_steps: must be >= 1"),
 ]
 
 
@@ -160,6 +162,19 @@ def test_config_diff_names_changed_keys_only():
     raw["train"]["output_dir"] = "elsewhere"  # where results go does not change what is trained
     b = parse_config(raw).to_dict()
     assert config_diff(a, b) == ["stages[2].phases[1].lr: checkpoint has 0.001, config has 0.5"]
+
+
+def test_a_run_saved_before_d_steps_existed_stays_resumable_and_its_stages_reusable():
+    """A checkpoint or finished stage recorded without `d_steps` was trained with one D step per G step."""
+    config = load_config(CONFIGS / "tiny.toml")
+    saved = config.to_dict()
+    for stage in saved["stages"]:
+        for phase in stage["phases"]:
+            del phase["d_steps"]
+    assert config_diff(saved, config.to_dict()) == []
+    raw = tiny_raw()
+    raw["stages"][1]["phases"][0]["d_steps"] = 3
+    assert config_diff(saved, parse_config(raw).to_dict()) == ["stages[1].phases[0].d_steps: checkpoint has 1, config has 3"]
 
 
 def test_gan_updates_decide_adversarial_stages_only():

@@ -25,9 +25,9 @@ STAGE = StageConfig("2step", 4, 2, ())
 D_LR, STEPS = 1e-4, 20
 
 
-def trained_d(g_lr: float) -> float:
-    """D's held-out accuracy after STEPS steps of a conditional phase: D-only (g_lr = 0, the warm-up) or G and D
-    alternating, from a student that differs from its teacher by weight noise."""
+def tiny_phase(g_lr: float, d_steps: int = 1):
+    """(phase, models, optimizers, draw) of a conditional full-UNet phase on the tiny model, from a student that differs
+    from its teacher by weight noise."""
     teacher = tiny_components(0)["unet"].requires_grad_(False).eval()
     student = copy.deepcopy(teacher).requires_grad_(True)
     with torch.no_grad():
@@ -35,7 +35,7 @@ def trained_d(g_lr: float) -> float:
             p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     torch.manual_seed(0)
     disc = Discriminator.from_unet(teacher, conditional=True, latent_size=8)
-    phase = PhaseConfig("conditional", "full", STEPS, g_lr or 1.0, d_lr=D_LR)
+    phase = PhaseConfig("conditional", "full", STEPS, g_lr or 1.0, d_lr=D_LR, d_steps=d_steps)
     m = distill_steps.PhaseModels(student, teacher, lambda unet: torch.no_grad(), 4, "epsilon", disc, disc)
     betas = (0.0, 0.99)
     opt = distill_steps.Optimizers(
@@ -46,10 +46,16 @@ def trained_d(g_lr: float) -> float:
     )
     data = tiny_latents(64)
     draw = lambda generator: distill_steps.draw_batch(data, STAGE, 8, generator, ALPHAS_BAR, "cpu")  # noqa: E731
+    return phase, m, opt, draw
+
+
+def trained_d(g_lr: float) -> float:
+    """D's held-out accuracy after STEPS steps: D-only (g_lr = 0, the warm-up) or G and D alternating."""
+    phase, m, opt, draw = tiny_phase(g_lr)
     accelerator, tc = Accelerator(cpu=True), TrainConfig()
     for k in range(STEPS):
         if g_lr == 0:
-            distill_steps.discriminator_warmup_step(accelerator, tc, STAGE, phase, m, opt, draw, ALPHAS_BAR, (0, 0, 0, "warmup", k))
+            distill_steps.discriminator_only_step(accelerator, tc, STAGE, phase, m, opt, draw, ALPHAS_BAR, (0, 0, 0, "warmup", k))
         else:
             distill_steps.optimization_step(accelerator, tc, STAGE, phase, m, opt, draw, ALPHAS_BAR, (0, 0, 0, k))
     held_out = [torch.Generator().manual_seed(1000 + k) for k in range(4)]  # seeds no step above drew
@@ -75,3 +81,22 @@ def test_held_out_accuracy_tells_a_learning_d_from_a_drowned_one(g_lr, expect):
         assert held_out > 0.7, held_out
     else:
         assert held_out < AT_CHANCE, held_out
+
+
+def test_d_steps_gives_d_that_many_optimizer_steps_per_g_step_each_extra_one_on_a_fresh_batch(monkeypatch):
+    seen, original = [], distill_steps.discriminator_step
+
+    def recording(accelerator, phase, m, x_t, *rest):
+        seen.append(x_t)
+        return original(accelerator, phase, m, x_t, *rest)
+
+    monkeypatch.setattr(distill_steps, "discriminator_step", recording)
+    phase, m, opt, draw = tiny_phase(1e-4, d_steps=3)
+    accelerator, tc = Accelerator(cpu=True), TrainConfig()
+    for k in range(2):
+        record = distill_steps.optimization_step(accelerator, tc, STAGE, phase, m, opt, draw, ALPHAS_BAR, (0, 0, 0, k))
+    assert record["finite"] and "loss_d" in record
+    g_steps = {int(state["step"]) for state in opt.g_opt.state.values()}
+    d_steps = {int(state["step"]) for state in opt.d_opt.state.values()}
+    assert (g_steps, d_steps, len(seen)) == ({2}, {6}, 6)
+    assert all(not torch.equal(a, b) for i, a in enumerate(seen) for b in seen[i + 1 :])  # six different batches
