@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     students.add_argument("--live-steps", type=int, required=True, help="the variant the live stream types with")
     students.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
 
+    record = sub.add_parser("record-adherence", help="write each variant's measured adherence into the model's manifest")
+    record.add_argument("--json", type=Path, required=True, help="a `compare` JSON with one row per variant's step count, judged on the shipped weights")
+    record.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded assets/models/shapes)")
+
     render = sub.add_parser("render", help="write training scenes as name.png + name.txt (a `distill` data folder)")
     render.add_argument("--out", type=Path, required=True)
     render.add_argument("--count", type=int, required=True, help="how many scenes (the first N training scenes)")
@@ -161,6 +165,11 @@ def main(argv=None) -> int:
             students = dict(parse_student(text) for text in args.students)
             out = ship.ship_students(students, args.live_steps, args.model or ship.SHAPES_FOLDER)
             print(f"{out}: " + ", ".join(f"{n} steps from {path}" for n, path in sorted(students.items())) + f"; live {args.live_steps} steps")
+        elif args.command == "record-adherence":
+            from . import ship
+
+            measured = ship.record_adherence(args.json, args.model or ship.SHAPES_FOLDER)
+            print("adherence " + ", ".join(f"{n} steps {a:.1%}" for n, a in sorted(measured.items(), reverse=True)) + f" from {args.json}")
         elif args.command == "render":
             from . import config
 

@@ -107,9 +107,34 @@ def ship_students(students: dict[int, Path], live_steps: int, folder: Path = SHA
         if int(stale.name.removesuffix("step")) not in students:
             shutil.rmtree(stale)
     distilled = sorted(students, reverse=True)
-    extras = {k: v for k, v in manifest.items() if k not in ("format", "base_model", "variants")} | {
+    # The variants are rebuilt without their measured adherence (new weights are unmeasured), and so lose what it means.
+    extras = {k: v for k, v in manifest.items() if k not in ("format", "base_model", "variants", "adherence_measure")} | {
         "live_steps": live_steps,
         "description": DESCRIPTION + (f"; its {'/'.join(map(str, distilled))}-step variants are distilled students" if distilled else ""),
     }
     write_manifest(folder, manifest["base_model"], list(variants.values()), **extras)
     return folder
+
+
+def record_adherence(benchmark: Path, folder: Path = SHAPES_FOLDER) -> dict[int, float]:
+    """Write each variant's measured adherence into the model's manifest, from a `compare` JSON whose rows judged the
+    shipped weights: exactly one row per variant's step count, all on the same prompts and seeds. The figure is the
+    row's single-object adherence (every asked attribute right); the studio labels variants from it."""
+    rows = json.loads(Path(benchmark).read_text())["rows"]
+    manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    judged = {(row["prompts_per_group"], row["seeds_per_prompt"]) for row in rows}
+    if len(judged) != 1:
+        raise StudioError(f"{benchmark}: its rows were judged on different prompt sets {sorted(judged)}; one comparison is needed")
+    variants = []
+    for entry in manifest["variants"]:
+        matching = [row for row in rows if row["steps"] == entry["steps"]]
+        if len(matching) != 1:
+            raise StudioError(f"{benchmark}: {len(matching)} rows at {entry['steps']} steps; {folder} needs one per variant")
+        variants.append(Variant(**entry | {"adherence": round(matching[0]["summary"]["single"], 3)}))
+    ((prompts, seeds),) = judged
+    extras = {k: v for k, v in manifest.items() if k not in ("format", "base_model", "variants")} | {
+        "adherence_measure": f"single-object prompts drawn with every asked attribute right ({prompts} prompts x {seeds} held-out seeds, by the "
+        f"shapes judge); {benchmark}"
+    }
+    write_manifest(folder, manifest["base_model"], variants, **extras)
+    return {v.steps: v.adherence for v in variants}

@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
-from distill.shapes.ship import ship_students
+from distill.shapes.ship import record_adherence, ship_students
 from pipelines import GenerationRequest, StudioError, load_engine
 from pipelines.variants import MANIFEST_NAME, SHAPES_FOLDER, Variant, write_manifest
 
@@ -89,6 +89,40 @@ def test_bad_student_requests_are_refused(model_and_export):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --student 'four=x': expected STEPS=EXPORT_DIR, e.g. 4=runs/exports/shapes-mse"
     ]
+
+
+def benchmark(path, steps, prompts=256):
+    """A `compare` JSON with one row per step count (single-object adherence 1/n), as `compare --json` writes it."""
+    rows = [{"steps": n, "prompts_per_group": prompts, "seeds_per_prompt": 4, "summary": {"single": 1 / n}} for n in steps]
+    path.write_text(json.dumps({"rows": rows}))
+    return path
+
+
+def test_measured_adherence_is_recorded_per_variant_and_dropped_when_a_student_changes(model_and_export, tmp_path):
+    model, export = model_and_export
+    assert record_adherence(benchmark(tmp_path / "b.json", [32, 8, 4, 2, 1]), model) == {32: 0.031, 8: 0.125, 4: 0.25, 2: 0.5, 1: 1.0}
+    manifest = json.loads((model / MANIFEST_NAME).read_text())
+    assert [e["adherence"] for e in manifest["variants"]] == [0.031, 0.125, 0.25, 0.5, 1.0]
+    assert manifest["adherence_measure"].startswith("single-object prompts drawn with every asked attribute right (256 prompts x 4")
+    assert load_engine(str(model), device="cpu", steps=[32, 1]).adherence == {32: 0.031, 1: 1.0}
+    ship_students({4: export}, live_steps=4, folder=model)  # new weights at 4 steps: no figure is left to describe them
+    manifest = json.loads((model / MANIFEST_NAME).read_text())
+    assert "adherence_measure" not in manifest and not any("adherence" in e for e in manifest["variants"])
+
+
+def test_adherence_from_an_incomplete_or_mixed_comparison_is_refused(model_and_export, tmp_path):
+    model, _ = model_and_export
+    with pytest.raises(StudioError, match=r"0 rows at 1 steps"):
+        record_adherence(benchmark(tmp_path / "b.json", [32, 8, 4, 2]), model)
+    with pytest.raises(StudioError, match=r"2 rows at 2 steps"):
+        record_adherence(benchmark(tmp_path / "b.json", [32, 8, 4, 2, 2, 1]), model)
+    mixed = benchmark(tmp_path / "b.json", [32, 8, 4, 2, 1])
+    rows = json.loads(mixed.read_text())["rows"]
+    rows[0]["prompts_per_group"] = 32
+    mixed.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(StudioError, match="different prompt sets"):
+        record_adherence(mixed, model)
+    assert "adherence" not in json.loads((model / MANIFEST_NAME).read_text())["variants"][0]  # nothing written
 
 
 def test_the_shipped_tokenizers_are_compact_and_give_clips_ids():
