@@ -17,7 +17,7 @@ from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from pipelines.errors import StudioError
-from pipelines.variants import Variant, write_manifest
+from pipelines.variants import MANIFEST_NAME, SDXL_SIZES, Variant, write_manifest
 
 from .checkpoint import atomic_dir, link_tree
 from .config import Config
@@ -86,8 +86,13 @@ def export(config: Config, out, stages=None, base_lora_rank: int | None = 64) ->
             if entry:
                 loras[stage.name] = entry
         base = config.model.base
+        sized = {}
         if Path(base).exists():  # a local base folder: record where it is, not where the run happened to start
             base = str(Path(base).resolve())
+            if not (Path(base) / MANIFEST_NAME).is_file() and config.data.resolution != SDXL_SIZES[1]:
+                # A base of one's own says nothing of its size, so its students would serve SDXL's 1024: record the
+                # size they were trained at (a base with a manifest passes its own on to the students it loads).
+                sized["resolution"] = config.data.resolution
         write_manifest(
             tmp,
             base,
@@ -95,5 +100,6 @@ def export(config: Config, out, stages=None, base_lora_rank: int | None = 64) ->
             scheduler={"name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"},
             loras=loras,
             distilled_with=config.path or "inline config",
+            **sized,
         )
     return out

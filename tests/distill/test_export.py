@@ -2,6 +2,7 @@
 reproduces the student, and so does the kohya file through the same loader."""
 
 import copy
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -104,6 +105,18 @@ def test_exported_manifest_runs_in_the_engine(run):
     results = engine.generate([GenerationRequest("a photo of a cat", seed=0, steps=s, width=64, height=64) for s in (2, 4)])
     assert [r.image.shape for r in results] == [(64, 64, 3)] * 2
     assert not np.array_equal(results[0].image, results[1].image)
+
+
+def test_students_of_a_base_folder_without_manifest_serve_at_their_training_size(run, tmp_path):
+    """A local base of one's own carries no size; the export records the data's resolution so the students do not
+    default to SDXL's 1024 (a base with a manifest, like the shapes model, passes its own on instead)."""
+    config, _ = run
+    stock_pipeline().save_pretrained(tmp_path / "my-base")
+    own_base = dataclasses.replace(config, model=dataclasses.replace(config.model, base=str(tmp_path / "my-base")))
+    spec = read_manifest(distill_export.export(own_base, tmp_path / "export", base_lora_rank=None))
+    assert spec.resolution == config.data.resolution == 64
+    assert spec.sizes()[1] == 64
+    assert read_manifest(distill_export.export(config, tmp_path / "tiny-export", base_lora_rank=None)).resolution is None
 
 
 def test_export_cli_and_refusals(run, tmp_path, capsys):
