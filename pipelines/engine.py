@@ -275,21 +275,31 @@ class Engine:
 
     # ---- start-up ---------------------------------------------------------------------------------------------
     def warmup(self, vaes=None) -> float:
-        """Run every (variant, declared size, batch bucket, decoder) once, so no request meets a cold or uncompiled
-        shape: with a compiled backend, len(sizes) × len(batch buckets) graphs per UNet and per decoder."""
+        """Run every shape a request can meet (declared size × batch bucket × decoder) and every variant once, so no
+        request meets a cold or uncompiled shape: with a compiled backend, len(sizes) × len(batch buckets) graphs per
+        UNet and per decoder."""
         start = time.perf_counter()
-        for steps in self.steps:
-            for width, height in self.sizes:
-                for batch_size in self.batch_buckets:
-                    for vae in vaes or [self.default_vae]:
-                        requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
-                        self.generate(requests, vae=vae)
+        for steps, (width, height), batch_size, vae in self.warmup_runs(vaes or [self.default_vae]):
+            requests = [GenerationRequest("warm-up", seed=i, steps=steps, width=width, height=height) for i in range(batch_size)]
+            self.generate(requests, vae=vae)
         self.hold(self.live_steps)  # at rest the UNet holds the live variant's weights
         if self.compile_cache is not None:
             backends.save_compiled_artifacts(self.compile_cache)  # the next start skips most compilation
         self.warmup_seconds = time.perf_counter() - start
         log.info("%s warm in %.1f s (steps %s, backend %s)", self.model_name, self.warmup_seconds, self.steps, self.backend)
         return self.warmup_seconds
+
+    def warmup_runs(self, vaes) -> list[tuple[int, tuple[int, int], int, str]]:
+        """(steps, size, batch size, decoder) of each warm-up generation. Compiled: every variant at every shape, since
+        each variant's first call through a graph may guard or recompile. Eager: what grows the process is the shape
+        (docs/benchmarks.md §2d), and the variants share one UNet module, so every shape once with the fewest-step
+        variant and every other variant once at the first shape; the shapes model's 32-step reference at every batch
+        size was most of its CPU start."""
+        shapes = [(size, batch_size, vae) for size in self.sizes for batch_size in self.batch_buckets for vae in vaes]
+        if self.pad_batches:
+            return [(steps, *shape) for steps in self.steps for shape in shapes]
+        fewest, *others = self.steps
+        return [(fewest, *shape) for shape in shapes] + [(steps, *shapes[0]) for steps in others]
 
     def memory(self) -> dict:
         """Parameter bytes per module on the device (the one UNet module and, with several weight sets, their copies

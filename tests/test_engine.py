@@ -146,6 +146,18 @@ def test_warmup_and_memory_report(tiny_engine):
     assert "weights" not in memory  # one weight set: nothing to swap
 
 
+def test_eager_warmup_meets_every_shape_and_every_variant_once(monkeypatch):
+    """Every declared size × batch size × decoder runs before service (the shape is what grows an eager process), and
+    every variant runs once; the slower variants do not run at every shape."""
+    engine = load_engine("tiny", device="cpu", max_batch=3, sizes=((64, 64), (128, 64)), steps=(1, 2, 8))
+    runs = []
+    monkeypatch.setattr(engine, "generate", lambda requests, vae: runs.append((requests[0].steps, requests[0].width, requests[0].height, len(requests), vae)))
+    engine.warmup(vaes=["full", "tiny"])
+    shapes = {(w, h, n, vae) for w, h in ((64, 64), (128, 64)) for n in (1, 2, 3) for vae in ("full", "tiny")}
+    assert {run[1:] for run in runs} == shapes and len(runs) == len(shapes) + 2
+    assert sorted(steps for steps, *_ in runs if steps != 1) == [2, 8]
+
+
 def test_decoders_in_bfloat16_draw_the_fp32_picture_and_leave_the_pipelines_vae_alone():
     """The shapes model's real weights: the bf16 decode is a faster rendering of the same picture (measured 61 dB PSNR
     on one decode), not another picture; the stock pipeline's VAE stays in the model's dtype."""
