@@ -107,7 +107,7 @@ def test_help_explains_models_and_examples(capsys):
         main(["generate", "--help"])
     text = capsys.readouterr().out
     assert "lightning-lora" in text and "examples:" in text and "--out" in text
-    assert "shapes offers 32 (reference), 8, 4, 2 (live), 1 (experimental)" in " ".join(text.split())  # from its manifest
+    assert "shapes offers 32 (reference), 8, 4, 2 (live), 1" in " ".join(text.split())  # from its manifest
 
 
 def test_bench_on_tiny_writes_the_documented_json(tmp_path, capsys):

@@ -96,5 +96,5 @@ def test_a_wrong_model_or_step_count_is_answered_in_one_line_before_torch_loads(
     assert done.stdout.split() == ["False", "False"]
     assert done.stderr.splitlines() == [
         "error: unknown model 'nosuch': use shapes, tiny, random-sdxl, lightning, lightning-lora, or a local folder path",
-        "error: model 'shapes' offers 32 (reference), 8, 4, 2 (live), 1 (experimental) steps, not 3",
+        "error: model 'shapes' offers 32 (reference), 8, 4, 2 (live), 1 steps, not 3",
     ]
